@@ -11,12 +11,16 @@ class ModuleDocFragment:
 options: {}
 attributes:
   check_mode:
-    description: Can run in check mode and return a changed status prediction without modifying the target.
+    description:
+      - Can run in check mode and return a changed status prediction without modifying the target.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    description:
+      - Will return details on what has changed (or possibly needs changing in check mode),
+        when in diff mode.
   idempotent:
     description:
-      - When run twice in a row outside check mode with the same arguments, the second run reports no change.
+      - When run twice in a row outside check mode with the same arguments, the second run
+        reports no change.
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
