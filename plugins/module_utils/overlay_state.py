@@ -1,0 +1,133 @@
+# Copyright: lapis.layers contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""``overlay_mount`` from start to end: gather, decide, act.
+
+:func:`ensure_state` reads the live mount table and the fstab, asks
+:func:`overlay_plan.plan` for the actions, checks the layers when a mount is planned,
+and (outside check mode) hands the plan to the executor.  The result dict is what the
+module returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ansible_collections.lapis.layers.plugins.module_utils import fstab as fstab_file
+from ansible_collections.lapis.layers.plugins.module_utils.mountinfo import (
+    find_mount,
+    live_overlay,
+    read_mountinfo,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
+    build_spec,
+    normalize_path,
+    read_option_defaults,
+    require_absolute,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.overlay_checks import (
+    check_kernel,
+    check_layers,
+    missing_dirs,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.overlay_executor import (
+    OverlayExecutor,
+    Runner,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.overlay_plan import (
+    Gathered,
+    OverlayBackend,
+    Plan,
+    Request,
+    plan,
+)
+
+FSTAB_STATES = ("mounted", "present", "absent")
+
+
+def gather(request: Request) -> Gathered:
+    """Read the live mount on the path, the fstab, and which directories are missing."""
+    entries = read_mountinfo()
+    mount = find_mount(entries, request.path)
+    lines = None
+    if request.state in FSTAB_STATES:
+        lines = fstab_file.parse_fstab(fstab_file.read_text(request.fstab) or "")
+    return Gathered(
+        mount=mount,
+        live=live_overlay(mount) if mount is not None else None,
+        fstab_lines=lines,
+        missing_dirs=tuple(missing_dirs(request.spec)) if request.spec else (),
+        option_defaults=read_option_defaults(),
+    )
+
+
+def preflight(request: Request, decided: Plan, check_mode: bool) -> None:
+    """Check the kernel and the layers when the plan mounts something."""
+    if request.spec is None or not any(action.kind == "mount" for action in decided.actions):
+        return
+    check_kernel()
+    check_layers(request.spec, read_mountinfo(), probe=not check_mode)
+
+
+@contextlib.contextmanager
+def _fstab_lock(request: Request, check_mode: bool) -> Iterator[None]:
+    if check_mode or request.state not in FSTAB_STATES:
+        yield
+        return
+    with fstab_file.locked(request.fstab):
+        yield
+
+
+def ensure_state(
+    request: Request, backend: OverlayBackend, run: Runner, check_mode: bool, backup: bool
+) -> dict[str, Any]:
+    """Bring the overlay to ``request.state``; returns the module's result."""
+    with _fstab_lock(request, check_mode):
+        decided = plan(request, gather(request), backend)
+        preflight(request, decided, check_mode)
+
+        backup_file = None
+        if decided.changed and not check_mode:
+            executor = OverlayExecutor(run, request.fstab, backup=backup)
+            backup_file = executor.apply(decided).backup_file
+
+    after = find_mount(read_mountinfo(), request.path)
+    live_after = live_overlay(after) if after is not None else None
+    result: dict[str, Any] = {
+        "changed": decided.changed,
+        "path": request.path,
+        "state": request.state,
+        "fstab": request.fstab,
+        "backend": backend.name,
+        "actions": [action.to_dict() for action in decided.actions],
+        "overlay": request.spec.to_dict() if request.spec else None,
+        "mount": live_after.to_dict() if live_after else None,
+        "diff": decided.diff(request.fstab, request.path),
+    }
+    if backup_file:
+        result["backup_file"] = backup_file
+    return result
+
+
+def make_request(params: dict[str, Any]) -> Request:
+    """The :class:`Request` for the module's parameters; raises on invalid ones."""
+    require_absolute("path", params["path"])
+    spec = None
+    if params["lowerdirs"] or params["state"] in ("mounted", "ephemeral", "present"):
+        spec = build_spec(
+            params["path"],
+            params["lowerdirs"],
+            params["upperdir"],
+            params["workdir"],
+            params["options"],
+        )
+    return Request(
+        state=params["state"],
+        path=normalize_path(params["path"]),
+        spec=spec,
+        fstab=params["fstab"],
+        force=params["force"],
+        create_dirs=params["create_dirs"],
+    )
