@@ -102,8 +102,7 @@ def extract_layer(
     try:
         writer = LayerWriter(dest, mode)
         try:
-            entries, end = _apply_tar(reader, writer)
-            reader.finish()
+            entries, end = _read_members(reader, writer)
             writer.finish()
         finally:
             writer.close()
@@ -130,6 +129,18 @@ def _prepare_dest(dest: str, mode: str) -> None:
                 raise LayerError(None, f"overlay destination {dest} is not empty") from None
     elif not Path(dest).is_dir():
         raise LayerError(None, f"flat destination {dest} is not a directory")
+
+
+def _read_members(reader: DigestingReader, writer: LayerWriter) -> tuple[int, int]:
+    """Apply the tar, then read the stream to its end (the decompressor's verdict)."""
+    try:
+        entries, end = _apply_tar(reader, writer)
+    except LayerError as exc:
+        if exc.member is None:
+            reader.finish()  # a failed decompressor explains a broken tar stream best
+        raise
+    reader.finish()
+    return entries, end
 
 
 def _apply_tar(reader: DigestingReader, writer: LayerWriter) -> tuple[int, int]:

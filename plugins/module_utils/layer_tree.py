@@ -59,7 +59,7 @@ class ConfinedTree:
         self._stale = True
 
     def _drop(self) -> None:
-        for fd in {entry.fd for entry in self._cache.values()}:
+        for fd in {entry.fd for entry in self._cache.values()} - {self.root.fd}:
             os.close(fd)
         self._cache.clear()
         self._stale = False
