@@ -448,6 +448,15 @@ class RegistrySession:
                     "Give the registry's CA certificate as ca_path, or list the registry in "
                     "insecure_registries if it only speaks plain HTTP.",
                 ) from exc
+            except ssl.SSLError as exc:
+                if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    attempt = self._pause(attempt, target, f"{method} {url}: {exc}")
+                    continue
+                raise NetworkFailure(
+                    target,
+                    f"TLS with {urllib.parse.urlsplit(url).netloc} failed: {exc}",
+                    "If the registry only speaks plain HTTP, list it in insecure_registries.",
+                ) from exc
             except (OSError, http.client.HTTPException) as exc:
                 cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 attempt = self._pause(attempt, target, f"{method} {url}: {cause}")
