@@ -251,15 +251,18 @@ class _Worker:
 
     def dollar(self) -> str:
         self.sc.next()
-        if self.sc.peek() != "{":
-            name = self.name()
-            if not name:
-                return "$"
-            value, found = self.getenv(name)
-            if not found and self.lex.skip_unset:
-                return "$" + name
-            return value
-        self.sc.next()
+        if self.sc.peek() == "{":
+            self.sc.next()
+            return self.braced()
+        name = self.name()
+        if not name:
+            return "$"
+        value, found = self.getenv(name)
+        if not found and self.lex.skip_unset:
+            return "$" + name
+        return value
+
+    def braced(self) -> str:
         peek = self.sc.peek()
         if not peek:
             raise ExpansionError("syntax error: missing '}'")
@@ -267,28 +270,22 @@ class _Worker:
             raise ExpansionError("syntax error: bad substitution")
         name = self.name()
         ch = self.sc.next()
-        if ch == "}":
-            value, found = self.getenv(name)
-            if not found and self.lex.skip_unset:
-                return "${%s}" % name
-            return value
         if ch == "/":
             return self.replace(name)
-        null_is_unset = False
+        if ch == "}":
+            value, found = self.getenv(name)
+            return "${%s}" % name if not found and self.lex.skip_unset else value
+        null_is_unset = ch == ":"
         modifier = ch
-        if ch == ":":
-            null_is_unset = True
+        if null_is_unset:
             ch = self.sc.next()
             modifier += ch
-        if not ch or ch not in "+-?#%":
+        if not ch or ch not in "+-?#%" or (null_is_unset and ch in "#%"):
             raise ExpansionError("unsupported modifier (%s) in substitution" % modifier)
         return self.modifier(name, ch, modifier, null_is_unset)
 
     def modifier(self, name: str, op: str, modifier: str, null_is_unset: bool) -> str:
-        pattern_op = op in "#%"
-        if null_is_unset and pattern_op:
-            raise ExpansionError("unsupported modifier (%s) in substitution" % modifier)
-        word = self._word_until("}", pattern_op)
+        word = self._word_until("}", op in "#%")
         value, found = self.getenv(name)
         if self.lex.skip_unset and not found:
             return "${%s%s%s}" % (name, modifier, word)
@@ -299,26 +296,10 @@ class _Worker:
             return "" if empty else word
         if op == "?":
             if empty:
-                default = (
-                    "is not allowed to be unset" if not found else "is not allowed to be empty"
-                )
+                default = "is not allowed to be %s" % ("empty" if found else "unset")
                 raise ExpansionError("%s: %s" % (name, word or default))
             return value
-        greedy = word.startswith(op)
-        if greedy:
-            word = word[1:]
-        regex = shell_pattern_regex(word)
-        if op == "#":
-            order = range(len(value), -1, -1) if greedy else range(len(value) + 1)
-            for i in order:
-                if regex.fullmatch(value[:i]):
-                    return value[i:]
-            return value
-        order = range(len(value) + 1) if greedy else range(len(value), -1, -1)
-        for i in order:
-            if regex.fullmatch(value[i:]):
-                return value[:i]
-        return value
+        return trim_pattern(value, word, op)
 
     def _word_until(self, stop: str, raw_escapes: bool) -> str:
         try:
@@ -344,6 +325,23 @@ class _Worker:
         if replace_all:
             return regex.sub(lambda _m: replacement, value)
         return regex.sub(lambda _m: replacement, value, count=1)
+
+
+def trim_pattern(value: str, word: str, op: str) -> str:
+    """``${v#p}``, ``${v##p}`` (prefix) and ``${v%p}``, ``${v%%p}`` (suffix) removal."""
+    greedy = word.startswith(op)
+    regex = shell_pattern_regex(word[1:] if greedy else word)
+    if op == "#":
+        order = range(len(value), -1, -1) if greedy else range(len(value) + 1)
+        for i in order:
+            if regex.fullmatch(value[:i]):
+                return value[i:]
+        return value
+    order = range(len(value) + 1) if greedy else range(len(value), -1, -1)
+    for i in order:
+        if regex.fullmatch(value[i:]):
+            return value[:i]
+    return value
 
 
 def shell_pattern_regex(pattern: str) -> re.Pattern[str]:
