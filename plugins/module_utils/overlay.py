@@ -71,6 +71,9 @@ class OverlayError(Exception):
         """The message for ``fail_json``: the failure and, when there is one, the fix."""
         return f"{self.msg}. {self.hint}" if self.hint else self.msg
 
+    def __str__(self) -> str:
+        return self.message()
+
 
 def normalize_path(path: str) -> str:
     """An absolute path in one spelling: no ``.``/``..``, no doubled or trailing slashes."""
@@ -325,8 +328,8 @@ def _option_changes(
     changes: list[str] = []
     for option in spec.overlay_options():
         spelled = ALIASES.get(option, option)
-        key, sep, value = spelled.partition("=")
-        if not sep:
+        key, _, value = spelled.partition("=")
+        if "=" not in option:
             if spelled not in live.options:
                 changes.append(f"overlay option {option} is not in effect")
             continue

@@ -11,8 +11,8 @@ version_added: 0.1.0
 description:
   - Manages a kernel overlay mount on O(path) made of read-only lower directories and,
     optionally, a writable upper directory with its work directory.
-  - Compares the wanted overlay with the live mount table (C(/proc/self/mountinfo)): the
-    order of O(lowerdirs), O(upperdir), O(workdir) and the options.
+  - Compares the wanted overlay with the live mount table (C(/proc/self/mountinfo)), that
+    is the order of O(lowerdirs), O(upperdir), O(workdir) and the options.
   - Persists the overlay as an entry in O(fstab) (default C(/etc/fstab)); the file is
     replaced atomically, other lines and comments are kept as they are.
   - Checks the layers before mounting, so a failure names its cause (missing lower,
