@@ -71,11 +71,9 @@ class BlobSink(Protocol):
 
     def temp_path(self) -> Path:
         """A new, empty file path on the sink's filesystem for one download."""
-        ...
 
     def commit_blob(self, digest: str, temp: Path) -> None:
         """Move a verified download into place (the client checked its digest)."""
-        ...
 
 
 class BlobSource(Protocol):

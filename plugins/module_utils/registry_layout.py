@@ -38,7 +38,7 @@ class OciLayout:
             self._write_atomic(self.root / "index.json", b'{"schemaVersion":2,"manifests":[]}')
 
     def blob_path(self, digest: str) -> Path:
-        algorithm, _, hexdigest = digest.partition(":")
+        algorithm, _sep, hexdigest = digest.partition(":")
         if not hexdigest or "/" in digest or algorithm not in ("sha256", "sha512"):
             raise ValueError(f"invalid blob digest {digest!r}")
         return self.root / "blobs" / algorithm / hexdigest

@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Union
 
 from ansible_collections.lapis.layers.plugins.module_utils.registry_auth import (
     Challenge,
@@ -114,7 +114,7 @@ class FileBody:
     length: int
 
 
-Body = bytes | FileBody | None
+Body = Union[bytes, FileBody, None]
 
 
 class _Refused(Exception):
@@ -308,7 +308,7 @@ class RegistrySession:
         stream: bool,
     ) -> Response:
         """One request, following redirects (credentials only go to the registry)."""
-        for _ in range(6):
+        for _hop in range(6):
             send = dict(headers)
             if auth and urllib.parse.urlsplit(url).netloc == self.host:
                 send["Authorization"] = auth
