@@ -270,6 +270,8 @@ class _Worker:
             raise ExpansionError("syntax error: bad substitution")
         name = self.name()
         ch = self.sc.next()
+        if not ch:
+            raise ExpansionError("syntax error: missing '}'")
         if ch == "/":
             return self.replace(name)
         if ch == "}":
