@@ -396,6 +396,12 @@ class RegistryClient:
     ) -> PullResult:
         """Fetch ``ref`` into ``sink``: nothing is committed unless every blob verified."""
         manifest, index, plat = self.resolve(ref, platform)
+        return self.pull_manifest(ref, sink, manifest, index, plat)
+
+    def manifest_blobs(
+        self, ref: RegistryRef, manifest: Manifest
+    ) -> tuple[Descriptor, list[Descriptor]]:
+        """The config and layer descriptors of an image manifest."""
         target = self.target(ref, manifest.digest)
         data = manifest.json()
         config = Descriptor.from_json(data.get("config"), "manifest config", target)
@@ -403,6 +409,18 @@ class RegistryClient:
         if not isinstance(layers_json, list):
             raise ProtocolError(target, "manifest has no 'layers' list")
         layers = [Descriptor.from_json(d, f"layer {i}", target) for i, d in enumerate(layers_json)]
+        return config, layers
+
+    def pull_manifest(
+        self,
+        ref: RegistryRef,
+        sink: BlobSink,
+        manifest: Manifest,
+        index: Manifest | None = None,
+        plat: str = "",
+    ) -> PullResult:
+        """Fetch the blobs of an already resolved manifest (see `resolve`) into ``sink``."""
+        config, layers = self.manifest_blobs(ref, manifest)
         wanted: dict[str, Descriptor] = {}
         for desc in [config, *layers]:
             wanted.setdefault(desc.digest, desc)
