@@ -138,7 +138,7 @@ def _compile_char(text: str, i: int, regex: list[str], pattern: IgnorePattern) -
     elif ch == "?":
         regex.append("[^/]")
         pattern.kind = "regexp"
-    elif ch in _REGEX_SPECIALS:
+    elif ch in _REGEX_SPECIALS and not (ch == "^" and regex[-1] == "["):
         regex.append("\\" + ch)
     elif ch == "\\":
         if i + 1 < len(text):
