@@ -64,9 +64,8 @@ class LayerBuilder:
         info = self._info(name, tarfile.REGTYPE, mode)
         info.size = size
         half = size // 2
-        data = self.rng.randbytes(half) + bytes(self.rng.randrange(32, 127) for _ in range(8)) * (
-            (size - half) // 8 + 1
-        )
+        pattern = bytes(self.rng.randrange(32, 127) for _byte in range(8))
+        data = self.rng.randbytes(half) + pattern * ((size - half) // 8 + 1)
         self.tar.addfile(info, io.BytesIO(data[:size]))
         self.files += 1
         self.bytes += size
@@ -83,7 +82,7 @@ class LayerBuilder:
 
 def _sizes(rng: random.Random, count: int, total: int) -> list[int]:
     """``count`` file sizes summing to about ``total``: mostly small, a few large."""
-    weights = [rng.paretovariate(1.2) for _ in range(count)]
+    weights = [rng.paretovariate(1.2) for _file in range(count)]
     scale = total / sum(weights)
     return [max(1, int(weight * scale)) for weight in weights]
 

@@ -40,7 +40,7 @@ def _expected(shared: Path) -> dict[str, Any]:
 
 def _member_bytes(archive: tarfile.TarFile, name: str) -> bytes:
     """A member's bytes, following in-archive symlinks relative to the link's directory."""
-    for _ in range(10):
+    for _hop in range(10):
         info = archive.getmember(name)
         if not info.issym():
             handle = archive.extractfile(info)
