@@ -612,7 +612,7 @@ MANIFEST_FUNCTION = "\n".join(
 )
 
 
-def copy_command(source: str, dest: str) -> str:
+def copy_command(source: str, dest: str, workdir: bool = False) -> str:
     """Copy ``source`` onto the device with busybox tar, verify, then move into place.
 
     The copy goes to a staging directory on the device; it is compared with the
@@ -646,7 +646,7 @@ def copy_command(source: str, dest: str) -> str:
             f"cd {stage} || fail 'staging directory vanished'",
             'for e in * .[!.]* ..?*; do [ -e "$e" ] || [ -L "$e" ] || continue',
             f'  mv "$e" {dst}/ || fail "cannot move $e into place"; done',
-            f"cd / && rmdir {stage} && sync",
+            f"cd / && rmdir {stage}" + (f" && mkdir -p {dst}/work" if workdir else "") + " && sync",
         ]
     )
 
@@ -762,7 +762,7 @@ def plan_present(ctx: Context, new_uuid: str) -> Plan:
 
 def _copy_steps(target: str, mnt: str) -> list[Step]:
     if target == "/overlay":
-        return [Step("copy", copy_command("/overlay", mnt))]
+        return [Step("copy", copy_command("/overlay", mnt, workdir=True))]
     source = f"{WORKDIR}/root"
     return [
         Step("bind_root", f"mkdir -p {source} && mount -o bind,ro / {source}", False),

@@ -29,6 +29,7 @@ import pytest
 from ansible_collections.lapis.layers.tests.system.conftest import ansible_env
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
 SIM = HERE / "sim"
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
 PORT = 2222
@@ -357,7 +358,8 @@ def extroot_adhoc(tmp_path: Path, client_key: Keys) -> AdHoc:
         cmd = ["ansible", "routers", "-i", str(inventory), "-t", str(tree), "-f", "3"]
         cmd += ["-m", "lapis.layers.extroot", "-a", json.dumps(args)]
         cmd += ["--check"] if check else []
-        cmd += ["--diff"] if diff else []
+        # the tree callback drops "diff" from results below verbosity 3
+        cmd += ["--diff", "-vvv"] if diff else []
         proc = subprocess.run(cmd, env=router_env(), capture_output=True, text=True, check=False)
         results = {}
         for r in routers:
@@ -365,6 +367,8 @@ def extroot_adhoc(tmp_path: Path, client_key: Keys) -> AdHoc:
             if not result_file.exists():
                 raise AssertionError(f"no result for {r.name}: {proc.stdout}\n{proc.stderr}")
             results[r.name] = json.loads(result_file.read_text())
+            # ansible-core 2.19's tree output leaves "failed" out; the host line has it
+            results[r.name]["failed"] = f"{r.name} | FAILED!" in proc.stdout
         return results
 
     return run
