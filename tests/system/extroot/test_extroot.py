@@ -54,7 +54,7 @@ def tree(root: Path) -> dict[str, tuple[Any, ...]]:
                 paths_of_inode.setdefault(st.st_ino, []).append(rel)
                 inode_of[rel] = st.st_ino
             elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
+                extra = str(path.readlink())
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 extra = st.st_rdev
             kind, mode = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
