@@ -170,7 +170,7 @@ class ImageConfig:
         """``Env`` as a dict (later entries win)."""
         out: dict[str, str] = {}
         for item in self.env:
-            key, _, value = item.partition("=")
+            key, _sep, value = item.partition("=")
             out[key] = value
         return out
 
@@ -527,7 +527,7 @@ class _Planner:
             config = copy.deepcopy(self.stages[base_stage].config)
             stage.deps.append(base_stage)
         elif stage.is_scratch:
-            config = ImageConfig()
+            config = ImageConfig(env=["PATH=" + DEFAULT_PATH])
         else:
             config = copy.deepcopy(self.resolve_base(base, platform))
         body = self.onbuild_triggers(config, base, loc) + raw.body
@@ -544,7 +544,7 @@ class _Planner:
         for trigger in config.onbuild:
             name = "ONBUILD trigger of %s (used at %s:%d)" % (base, loc.filename, loc.start_line)
             try:
-                _, instrs = load_instructions(trigger, name)
+                instrs = load_instructions(trigger, name)[1]
             except DockerfileError as exc:
                 raise loc.error(
                     "base image %s has a bad ONBUILD trigger: %s" % (base, exc)

@@ -305,7 +305,7 @@ class _Worker:
 
     def _word_until(self, stop: str, raw_escapes: bool) -> str:
         try:
-            word, _ = self.stop_on(stop, raw_escapes)
+            word = self.stop_on(stop, raw_escapes)[0]
         except ExpansionError:
             if not self.sc.peek():
                 raise ExpansionError(

@@ -48,7 +48,7 @@ def test_global_arg_expands_from_and_build_arg_overrides_default() -> None:
 
 def test_global_arg_needs_redeclaring_inside_stage() -> None:
     text = "ARG V=1\nFROM a\nRUN echo\nARG V\nRUN echo\n"
-    first, _, second = steps(text)
+    first, _arg, second = steps(text)
     assert "V" not in run_env(first)
     assert run_env(second)["V"] == "1"
     assert second.cache_args == {"V": "1"}
