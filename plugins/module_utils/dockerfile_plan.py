@@ -409,9 +409,11 @@ class _Args:
 
 
 def _expander(
-    env: Mapping[str, str], loc: Location, used: set[str] | None = None
+    env: Mapping[str, str], loc: Location, used: set[str] | None = None, raw: bool = False
 ) -> Callable[[str], str]:
-    lex = ShellLex()
+    # ``raw`` is for heredoc bodies: quotes there belong to the file, only ``$`` and
+    # the escape character are processed.
+    lex = ShellLex(skip_quotes=raw)
 
     def expand(word: str) -> str:
         try:
@@ -807,7 +809,8 @@ def _do_copy(planner: _Planner, stage: PlanStage, state: _StageState, step: Plan
     expand_env = state.env()
     sources = []
     for doc in instr.heredoc_sources:
-        content = _expander(expand_env, instr.loc)(doc.content) if doc.expand else doc.content
+        expand = _expander(expand_env, instr.loc, raw=True)
+        content = expand(doc.content) if doc.expand else doc.content
         sources.append(replace(doc, content=content))
     step.instruction = replace(instr, heredoc_sources=sources)
 

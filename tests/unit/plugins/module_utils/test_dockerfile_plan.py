@@ -286,10 +286,17 @@ def test_run_heredoc_forms() -> None:
 
 
 def test_copy_heredoc_expands_unless_delimiter_quoted() -> None:
-    text = 'FROM a\nARG V=x\nCOPY <<one <<"two" /etc/\n$V\none\n$V\ntwo\n'
+    text = 'FROM a\nARG V=x\nCOPY <<one <<"two" /etc/\n\'$V\' "${V}" \\$V\none\n$V\ntwo\n'
     instr = steps(text)[-1].instruction
     assert isinstance(instr, CopyInstr)
-    assert [s.content for s in instr.heredoc_sources] == ["x\n", "$V\n"]
+    assert [s.content for s in instr.heredoc_sources] == ["'x' \"x\" $V\n", "$V\n"]
+
+
+def test_onbuild_heredoc_trigger_keeps_its_body() -> None:
+    text = "FROM a AS p\nONBUILD RUN <<EOF\nmake all\nEOF\nFROM p\n"
+    result = plan(text)
+    assert result.stages[0].config.onbuild == ["RUN <<EOF\nmake all\nEOF"]
+    assert result.target_stage.steps[0].argv == ["/bin/sh", "-c", "make all\n"]
 
 
 # --- cache keys -----------------------------------------------------------------------------
