@@ -39,7 +39,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.layer_tar import (  #
 
 SEED = 20251203
 MTIME = 1_700_000_000
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 SUMMARY: dict[str, int] = {}
 
 

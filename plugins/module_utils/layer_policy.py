@@ -100,6 +100,9 @@ def member_path(name: str) -> str:
     """The root-relative path of member ``name``; refuses names that climb out."""
     if "\x00" in name:
         raise LayerError(name, "member name contains a NUL byte")
+    path = name[2:] if name.startswith("./") else name
+    if not (path.startswith((".", "/")) or path.endswith("/") or "//" in path or "/." in path):
+        return path  # already normal: the common case, checked cheaply
     clean = posixpath.normpath("/" + name.lstrip("/"))
     if _climbs_out(name):
         raise LayerError(name, "path escapes the root")

@@ -37,11 +37,12 @@ refused and :mod:`layer_tree` for how writes are kept inside the root.
 
 from __future__ import annotations
 
+import functools
 import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Mapping, cast
+from typing import Callable, Mapping, cast
 
 from ansible_collections.lapis.layers.plugins.module_utils.layer_policy import (
     OVERLAY_XATTR_PREFIX,
@@ -54,6 +55,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.layer_stream import (
     detect_compression,
     open_layer_stream,
 )
+from ansible_collections.lapis.layers.plugins.module_utils.layer_tarstream import TarStream
 from ansible_collections.lapis.layers.plugins.module_utils.layer_writer import (
     FLAT,
     MODES,
@@ -73,10 +75,6 @@ __all__ = [
     "flatten_layers",
     "open_layer_stream",
 ]
-
-_TAR_BUFSIZE = 16 * 1024
-_COPY_CHUNK = 1 << 20
-_BLOCK = 512
 
 
 @dataclass
@@ -102,14 +100,12 @@ def extract_layer(
     try:
         writer = LayerWriter(dest, mode)
         try:
-            entries, end = _read_members(reader, writer)
+            entries = _read_members(reader, writer)
             writer.finish()
         finally:
             writer.close()
     finally:
         reader.close()
-    if reader.size < end + _BLOCK:
-        raise LayerError(None, "tar stream ends without an end-of-archive block (truncated blob)")
     return LayerResult(
         diff_id=reader.diff_id,
         compressed_digest=reader.compressed_digest,
@@ -131,37 +127,31 @@ def _prepare_dest(dest: str, mode: str) -> None:
         raise LayerError(None, f"flat destination {dest} is not a directory")
 
 
-def _read_members(reader: DigestingReader, writer: LayerWriter) -> tuple[int, int]:
+def _read_members(reader: DigestingReader, writer: LayerWriter) -> int:
     """Apply the tar, then read the stream to its end (the decompressor's verdict)."""
     try:
-        entries, end = _apply_tar(reader, writer)
+        entries = _apply_tar(reader, writer)
     except LayerError as exc:
         if exc.member is None:
             reader.finish()  # a failed decompressor explains a broken tar stream best
         raise
     reader.finish()
-    return entries, end
+    return entries
 
 
-def _apply_tar(reader: DigestingReader, writer: LayerWriter) -> tuple[int, int]:
-    """Write every member; return the member count and where the last member ended."""
+def _apply_tar(reader: DigestingReader, writer: LayerWriter) -> int:
+    """Write every member; return how many there were."""
+    stream = TarStream(reader.read)
     entries = 0
-    try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=_TAR_BUFSIZE) as tar:
-            stream = cast(IO[bytes], tar.fileobj)
-            member = tar.next()
-            while member is not None:
-                entry = to_entry(member)
-                if member.pax_headers:
-                    _note_dropped_xattrs(member.pax_headers, writer)
-                writer.apply(entry, _tar_copier(stream, member, entry))
-                entries += 1
-                member = tar.next()
-            return entries, tar.offset
-    except tarfile.TarError as exc:
-        raise LayerError(None, f"not a valid tar stream: {exc}") from exc
-    except EOFError as exc:
-        raise LayerError(None, f"tar stream is truncated: {exc}") from exc
+    member = stream.next()
+    while member is not None:
+        entry = to_entry(member)
+        if member.pax_headers:
+            _note_dropped_xattrs(member.pax_headers, writer)
+        writer.apply(entry, _copier(stream, member, entry) if member.isreg() else None)
+        entries += 1
+        member = stream.next()
+    return entries
 
 
 def _note_dropped_xattrs(pax: Mapping[str, str], writer: LayerWriter) -> None:
@@ -171,35 +161,24 @@ def _note_dropped_xattrs(pax: Mapping[str, str], writer: LayerWriter) -> None:
         )
 
 
-def _tar_copier(
-    stream: IO[bytes], member: tarfile.TarInfo, entry: Entry
-) -> Callable[[int], None] | None:
-    if not member.isreg():
-        return None
+def _copier(stream: TarStream, member: tarfile.TarInfo, entry: Entry) -> Callable[[int], None]:
     sparse = cast("list[tuple[int, int]] | None", member.sparse)
-
-    def copy(fd: int) -> None:
-        if sparse is None:
-            _copy_bytes(stream, fd, member.size, entry.name)
-            return
-        for offset, size in sparse:
-            os.lseek(fd, offset, os.SEEK_SET)
-            _copy_bytes(stream, fd, size, entry.name)
-        os.ftruncate(fd, member.size)
-
-    return copy
+    if sparse is None:
+        return functools.partial(_copy_plain, stream, member.size, entry.name)
+    return functools.partial(_copy_sparse, stream, sparse, member.size, entry.name)
 
 
-def _copy_bytes(stream: IO[bytes], fd: int, size: int, name: str) -> None:
-    read = stream.read
-    while size > 0:
-        data = read(min(size, _COPY_CHUNK))
-        if not data:
-            raise LayerError(name, "file data ends early (truncated blob)")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        size -= len(data)
+def _copy_plain(stream: TarStream, size: int, name: str, fd: int) -> None:
+    stream.copy(fd, size, name)
+
+
+def _copy_sparse(
+    stream: TarStream, chunks: list[tuple[int, int]], size: int, name: str, fd: int
+) -> None:
+    for offset, length in chunks:
+        os.lseek(fd, offset, os.SEEK_SET)
+        stream.copy(fd, length, name)
+    os.ftruncate(fd, size)
 
 
 def flatten_blobs(paths: list[str], dest: str) -> list[LayerResult]:

@@ -124,6 +124,12 @@ def outside(tmp_path: Path) -> Path:
         ("a/../b", "b"),
         (".", ""),
         ("./", ""),
+        ("./a/b", "a/b"),
+        ("a/./b", "a/b"),
+        ("a/.hidden", "a/.hidden"),
+        (".bashrc", ".bashrc"),
+        ("dir/", "dir"),
+        ("./.wh.x", ".wh.x"),
     ],
 )
 def test_member_path_normalised_inside_root(name: str, path: str) -> None:
