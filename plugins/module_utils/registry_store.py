@@ -39,6 +39,34 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_transport im
 
 PULL_POLICIES = ("missing", "always")
 
+# The options of the lapis.layers.registry doc fragment, for a module's argument_spec.
+REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "auth_file": {"type": "path"},
+    "ca_path": {"type": "path"},
+    "insecure_registries": {"type": "list", "elements": "str", "default": []},
+    "retries": {"type": "int", "default": 3},
+    "parallel": {"type": "int", "default": 4},
+}
+
+
+def registry_options(params: dict[str, Any]) -> RegistryOptions:
+    """`RegistryOptions` from a module's parameters (see `REGISTRY_ARGUMENT_SPEC`)."""
+    if bool(params.get("username")) != bool(params.get("password")):
+        raise ValueError("username and password must be given together")
+    if (params.get("retries") or 0) < 0 or (params.get("parallel") or 1) < 1:
+        raise ValueError("retries must be 0 or more and parallel 1 or more")
+    return RegistryOptions(
+        username=params.get("username"),
+        password=params.get("password"),
+        auth_file=params.get("auth_file"),
+        ca_path=params.get("ca_path"),
+        insecure_registries=tuple(params.get("insecure_registries") or ()),
+        retries=3 if params.get("retries") is None else int(params["retries"]),
+        max_workers=int(params.get("parallel") or 4),
+    )
+
 
 class StoreSink:
     """The image store as the client's `BlobSink`: downloads land in ``<store>/tmp``
