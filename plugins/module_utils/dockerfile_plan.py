@@ -89,6 +89,9 @@ PLATFORM_ARGS = (
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?$")
+_REMOTE_RE = re.compile(r"^(?:https?://|git://|git@[^:]+:|ssh://|github\.com/)", re.IGNORECASE)
+_CHECKSUM_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$")
+_CHMOD_RE = re.compile(r"^(?:[0-7]{3,4}|[ugoa]*[-+=][rwxXst]*(?:,[ugoa]*[-+=][rwxXst]*)*)$")
 _SIGNAL_RE = re.compile(r"^(?:\d+|(?:SIG)?[A-Z][A-Z0-9]*(?:[+-]\d+)?)$", re.IGNORECASE)
 _MACHINES = {
     "x86_64": ("amd64", ""),
@@ -268,6 +271,8 @@ class PlanStep:
     cache_args: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
+    proxy_env: list[str] = field(default_factory=list)
+    remote_sources: list[str] = field(default_factory=list)
     inline_files: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     user: str = ""
@@ -591,9 +596,10 @@ class _Planner:
 def _created_by(step: PlanStep) -> str:
     instr = step.instruction
     if isinstance(instr, RunInstr):
-        return "RUN " + " ".join(step.argv)
-    text = instr.loc.original.strip()
-    return text
+        args = ["%s=%s" % item for item in step.cache_args.items()]
+        prefix = "|%d %s " % (len(args), " ".join(args)) if args else ""
+        return "RUN " + prefix + " ".join(step.argv)
+    return instr.loc.original.strip()
 
 
 def _identity(step: PlanStep) -> dict[str, object]:
@@ -762,10 +768,12 @@ def _do_run(planner: _Planner, stage: PlanStage, state: _StageState, step: PlanS
     env = state.config.env_map()
     if "PATH" not in env:
         env["PATH"] = DEFAULT_PATH
-    run_env = dict(planner.args.proxies())
-    run_env.update(args)
+    run_env = dict(args)
     run_env.update(env)
     step.env = ["%s=%s" % item for item in run_env.items()]
+    step.proxy_env = [
+        "%s=%s" % item for item in planner.args.proxies().items() if item[0] not in run_env
+    ]
     for mount in instr.mounts:
         if not mount.from_:
             continue
@@ -795,6 +803,9 @@ def _do_copy(planner: _Planner, stage: PlanStage, state: _StageState, step: Plan
     for src in instr.sources:
         if not src:
             raise instr.loc.error("%s source expanded to an empty path; expected a path" % keyword)
+    _check_copy_sources(instr, keyword)
+    if instr.add:
+        step.remote_sources = [src for src in instr.sources if is_remote_source(src)]
     step.dest = resolve_path(state.config.working_dir or "/", instr.dest)
     if instr.dest.endswith("/") and not step.dest.endswith("/"):
         step.dest += "/"
@@ -813,6 +824,32 @@ def _do_copy(planner: _Planner, stage: PlanStage, state: _StageState, step: Plan
         content = expand(doc.content) if doc.expand else doc.content
         sources.append(replace(doc, content=content))
     step.instruction = replace(instr, heredoc_sources=sources)
+
+
+def is_remote_source(source: str) -> bool:
+    """Whether an ADD source is a URL or a Git repository rather than a context path."""
+    return bool(_REMOTE_RE.match(source))
+
+
+def _check_copy_sources(instr: CopyInstr, keyword: str) -> None:
+    remote = [src for src in instr.sources if is_remote_source(src)]
+    if remote and not instr.add:
+        raise instr.loc.error(
+            "source can't be a URL for COPY (%s); expected ADD for remote sources" % remote[0]
+        )
+    if instr.checksum:
+        if not remote or len(remote) != len(instr.sources):
+            raise instr.loc.error("--checksum needs every ADD source to be an http(s) or Git URL")
+        if not _CHECKSUM_RE.match(instr.checksum):
+            raise instr.loc.error(
+                "invalid checksum %r; expected sha256:<64 hex digits> (or sha384/sha512)"
+                % instr.checksum
+            )
+    if instr.chmod and not _CHMOD_RE.match(instr.chmod):
+        raise instr.loc.error(
+            "invalid --chmod=%s; expected an octal mode such as 0755 or a symbolic mode "
+            "such as u=rwx,go=rx" % instr.chmod
+        )
 
 
 def _add_unique(items: list, value: object) -> None:

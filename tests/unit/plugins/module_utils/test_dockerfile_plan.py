@@ -94,8 +94,22 @@ def test_from_platform_uses_target_platform_by_default() -> None:
 
 def test_proxy_args_reach_run_without_declaration_and_stay_out_of_cache() -> None:
     step = steps("FROM a\nRUN apt-get update\n", build_args={"http_proxy": "http://p:3128"})[0]
-    assert run_env(step)["http_proxy"] == "http://p:3128"
+    assert step.proxy_env == ["http_proxy=http://p:3128"]
+    assert "http_proxy" not in run_env(step)
     assert step.cache_args == {}
+    other = steps("FROM a\nRUN apt-get update\n", build_args={"http_proxy": "http://q"})[0]
+    assert step_cache_key("p", step) == step_cache_key("p", other)
+
+
+def test_declared_proxy_arg_is_an_ordinary_arg() -> None:
+    step = steps("FROM a\nARG http_proxy\nRUN x\n", build_args={"http_proxy": "http://p"})[-1]
+    assert (run_env(step)["http_proxy"], step.proxy_env) == ("http://p", [])
+    assert step.cache_args == {"http_proxy": "http://p"}
+
+
+def test_run_history_names_the_args_in_scope() -> None:
+    step = steps("FROM a\nARG V=1\nRUN make\n")[-1]
+    assert step.created_by == "RUN |1 V=1 /bin/sh -c make"
 
 
 def test_unused_build_args_are_reported() -> None:
@@ -166,6 +180,10 @@ def test_copy_from_is_expanded_with_args() -> None:
         ("FROM a\nSTOPSIGNAL kill -9\n", 2, "invalid stop signal"),
         ("FROM a\nENV A=${B\n", 2, "missing '}'"),
         ("FROM --platform=a/b/c/d x\n", 1, "invalid platform"),
+        ("FROM a\nCOPY https://x/y /y\n", 2, "source can't be a URL for COPY"),
+        ("FROM a\nADD --checksum=sha256:00 https://x/y /y\n", 2, "invalid checksum"),
+        ("FROM a\nADD --checksum=sha256:00 local /y\n", 2, "--checksum needs every ADD"),
+        ("FROM a\nCOPY --chmod=999 x /y\n", 2, "invalid --chmod=999"),
     ],
 )
 def test_plan_errors_name_the_line(text: str, line: int, message: str) -> None:
@@ -341,3 +359,13 @@ def test_run_cache_key_includes_all_args_in_scope() -> None:
 )
 def test_go_clean(path: str, clean: str) -> None:
     assert go_clean(path) == clean
+
+
+def test_add_remote_sources_and_valid_flags() -> None:
+    digest = "sha256:" + "0" * 64
+    step = steps(
+        "FROM a\nADD --checksum=%s https://example.com/x.tgz /opt/\n" % digest
+        + "ADD --chmod=u=rwx,go=rx git@github.com:o/r.git local.tar /src/\n"
+    )
+    assert step[0].remote_sources == ["https://example.com/x.tgz"]
+    assert step[1].remote_sources == ["git@github.com:o/r.git"]
