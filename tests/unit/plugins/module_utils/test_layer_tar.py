@@ -613,3 +613,46 @@ def test_sparse_file(tmp_path: Path, fmt: str) -> None:
     out = tmp_path / "root" / "sparse"
     assert out.read_bytes() == (src / "sparse").read_bytes()
     assert out.stat().st_blocks * 512 < 1_000_000
+
+
+# -- the tar reader's formats ------------------------------------------------------------------
+
+
+@needs_root
+def test_base256_owner_preserved(tmp_path: Path) -> None:
+    blob = tmp_path / "big-uid.tar"
+    blob.write_bytes(tar_bytes([f("x", b"x", uid=3_000_000, gid=4_000_000)], tarfile.GNU_FORMAT))
+    extract_layer(str(blob), str(tmp_path / "root"))
+    st = (tmp_path / "root" / "x").stat()
+    assert (st.st_uid, st.st_gid) == (3_000_000, 4_000_000)
+
+
+@needs_root
+def test_pax_global_header_applies_to_members(tmp_path: Path) -> None:
+    blob = tmp_path / "global.tar"
+    with tarfile.open(blob, "w", format=tarfile.PAX_FORMAT, pax_headers={"uid": "77"}) as tar:
+        info, data = f("x", b"x")
+        tar.addfile(info, io.BytesIO(data))
+    extract_layer(str(blob), str(tmp_path / "root"))
+    assert (tmp_path / "root" / "x").stat().st_uid == 77
+
+
+def test_corrupt_header_refused(tmp_path: Path) -> None:
+    raw = bytearray(tar_bytes([f("a", b"a" * 10), f("b", b"b")]))
+    raw[1024 + 5] ^= 0x55  # the second header's name, so its checksum no longer matches
+    blob = tmp_path / "corrupt.tar"
+    blob.write_bytes(bytes(raw))
+    with pytest.raises(LayerError, match="bad header at offset 1024"):
+        extract_layer(str(blob), str(tmp_path / "root"))
+
+
+def test_unknown_member_type_is_a_plain_file(tmp_path: Path) -> None:
+    blob = tmp_path / "odd.tar"
+    with tarfile.open(blob, "w", format=tarfile.USTAR_FORMAT) as tar:
+        info, _data = member("odd", b"Z", size=4)
+        tar.addfile(info, io.BytesIO(b"data"))
+        after, data = f("after", b"next")
+        tar.addfile(after, io.BytesIO(data))
+    extract_layer(str(blob), str(tmp_path / "root"))
+    assert (tmp_path / "root" / "odd").read_bytes() == b"data"
+    assert (tmp_path / "root" / "after").read_bytes() == b"next"
