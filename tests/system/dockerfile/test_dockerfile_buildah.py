@@ -93,7 +93,19 @@ def _ours(context: Path, **kwargs: object) -> dict[str, object]:
     return config
 
 
+# buildah 1.28 (Debian 12) has no ``${v-w}``/``${v+w}`` (without the colon), no heredocs
+# and uses /bin/sh for shell-form ENTRYPOINT/CMD whatever SHELL says, and keeps an
+# EXPOSE range as one key; Docker expands ranges and honours SHELL. Those cases are
+# covered by the unit tests against Docker's documented behaviour instead.
 CONFIG_CASES = {
+    "substitution": (
+        "FROM scratch\nARG SET=value\nARG EMPTY=\n"
+        "ENV A=${SET:-d} B=${EMPTY:-d} D=${SET:+alt} E=${UNSET:+alt} F=\\$SET\n"
+        'ENV G=\'$SET\' H="$SET x" I=${SET}s J=a\\ b K="a\\"b"\n'
+        'LABEL "key with space"="v $SET" other=$A$B\nUSER ${SET}:${UNSET:-grp}\n',
+        {"SET": "given"},
+        None,
+    ),
     "scalars-and-args": (
         'ARG TAG=1\nFROM scratch\nARG V=1\nARG TAG\nENV A=$V B="x y" C=${TAG:-none}\n'
         "ENV LEGACY value with spaces\nLABEL l=$A m=\"$B\" n='$A'\nWORKDIR /w/$A\nWORKDIR sub\n"
