@@ -211,7 +211,7 @@ def system_gather_script() -> str:
     tools = " ".join(["opkg", "apk", "uci", "block", "blkid", "tar", *MKFS.values()])
     return "\n".join(
         [
-            f"m() {{ echo '{MARK}'\"$1\"; }}",
+            f"m() {{ printf '\\n%s%s\\n' '{MARK}' \"$1\"; }}",
             "m release; cat /etc/openwrt_release 2>/dev/null",
             f"m tools; for t in {tools}; do command -v $t >/dev/null 2>&1 && echo $t; done",
             "m filesystems; cat /proc/filesystems",
@@ -233,7 +233,7 @@ def device_gather_script(path: str, info: BlockDevice | None, mountpoint: str | 
     """
     dev = shlex.quote(path)
     lines = [
-        f"m() {{ echo '{MARK}'\"$1\"; }}",
+        f"m() {{ printf '\\n%s%s\\n' '{MARK}' \"$1\"; }}",
         f"m exists; [ -b {dev} ] && echo yes",
         f"m head; dd if={dev} bs=4096 count=1 2>/dev/null | od -A n -t x1 -v",
     ]
@@ -287,18 +287,18 @@ def cleanup_command() -> str:
 
 
 def split_sections(output: str) -> dict[str, str]:
-    """Split gather output at the ``@@lapis-extroot:NAME`` markers."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in output.splitlines(keepends=True):
-        if line.startswith(MARK):
-            current = line[len(MARK) :].strip()
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
+    """Split gather output at the markers; each section's text is exactly what was printed.
+
+    Every marker starts with a newline of its own, so a file without a final newline
+    (a hand-written fstab) keeps its exact bytes.
+    """
+    sections: dict[str, str] = {}
+    for chunk in output.split("\n" + MARK)[1:]:
+        name, _, content = chunk.partition("\n")
+        sections[name.strip()] = content
     if "end" not in sections:
         raise ExtrootError("gathering facts on the router stopped early", stdout=output)
-    return {k: "".join(v) for k, v in sections.items()}
+    return sections
 
 
 def parse_release(text: str) -> dict[str, str]:
