@@ -55,7 +55,8 @@ def registry_options(params: dict[str, Any]) -> RegistryOptions:
     """`RegistryOptions` from a module's parameters (see `REGISTRY_ARGUMENT_SPEC`)."""
     if bool(params.get("username")) != bool(params.get("password")):
         raise ValueError("username and password must be given together")
-    if (params.get("retries") or 0) < 0 or (params.get("parallel") or 1) < 1:
+    retries, parallel = params.get("retries"), params.get("parallel")
+    if (retries is not None and retries < 0) or (parallel is not None and parallel < 1):
         raise ValueError("retries must be 0 or more and parallel 1 or more")
     return RegistryOptions(
         username=params.get("username"),
@@ -63,8 +64,8 @@ def registry_options(params: dict[str, Any]) -> RegistryOptions:
         auth_file=params.get("auth_file"),
         ca_path=params.get("ca_path"),
         insecure_registries=tuple(params.get("insecure_registries") or ()),
-        retries=3 if params.get("retries") is None else int(params["retries"]),
-        max_workers=int(params.get("parallel") or 4),
+        retries=3 if retries is None else int(retries),
+        max_workers=4 if parallel is None else int(parallel),
     )
 
 

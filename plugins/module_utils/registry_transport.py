@@ -225,13 +225,16 @@ class RegistrySession:
         self._ssl: ssl.SSLContext | None = None
         self._local = threading.local()
         self._auth = _Auth(credentials)
+        self._lock = threading.Lock()
+        self._open: set[http.client.HTTPConnection] = set()  # of every thread, for close()
 
     # -- connections ------------------------------------------------------------
 
     def _context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = make_ssl_context(self.host, self.options.ca_path)
-        return self._ssl
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = make_ssl_context(self.host, self.options.ca_path)
+            return self._ssl
 
     def _pool(self) -> dict[tuple[str, str], http.client.HTTPConnection]:
         pool = getattr(self._local, "pool", None)
@@ -250,12 +253,16 @@ class RegistrySession:
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=timeout)
             pool[key] = conn
+            with self._lock:
+                self._open.add(conn)
         return conn
 
     def _drop(self, key: tuple[str, str]) -> None:
         conn = self._pool().pop(key, None)
         if conn is not None:
             conn.close()
+            with self._lock:
+                self._open.discard(conn)
 
     def release(self, key: tuple[str, str], raw: http.client.HTTPResponse, reuse: bool) -> None:
         if not reuse or not raw.isclosed():
@@ -263,8 +270,12 @@ class RegistrySession:
             self._drop(key)
 
     def close(self) -> None:
-        for key in list(self._pool()):
-            self._drop(key)
+        """Close the connections of all threads (call when no request is running)."""
+        self._pool().clear()
+        with self._lock:
+            for conn in self._open:
+                conn.close()
+            self._open.clear()
 
     # -- one exchange -------------------------------------------------------------
 
