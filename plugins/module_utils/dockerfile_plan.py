@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
+    ArgDef,
     ArgInstr,
     CmdInstr,
     CopyInstr,
@@ -438,10 +439,11 @@ def resolve_global_args(
     """Values of the ARGs before the first FROM (plus the automatic platform args)."""
     env: dict[str, str] = dict(auto)
     for instr in meta:
-        for definition in expand_instruction(instr, _expander(env, instr.loc)).args:  # type: ignore[union-attr]
+        for definition in instr.args:
+            # One ARG line is read left to right: ``ARG A=1 B=$A`` gives B the new A.
             value = args.lookup(definition.name)
-            if value is None:
-                value = definition.default
+            if value is None and definition.default is not None:
+                value = _expander(env, instr.loc)(definition.default)
             if value is not None:
                 env[definition.name] = value
             elif definition.name in env and definition.name not in auto:
@@ -568,7 +570,9 @@ class _Planner:
     def plan_step(self, stage: PlanStage, state: _StageState, instr: Instruction) -> PlanStep:
         used: set[str] = set()
         env = state.env()
-        expanded = expand_instruction(instr, _expander(env, instr.loc, used))
+        # ARG defaults are expanded one by one in _do_arg, each seeing the ones before it.
+        expander = _expander(env, instr.loc, used)
+        expanded = instr if isinstance(instr, ArgInstr) else expand_instruction(instr, expander)
         arg_values = state.arg_values()
         cache_args = {k: arg_values[k] for k in sorted(used) if k in arg_values}
         step = PlanStep(
@@ -623,15 +627,21 @@ def _do_arg(planner: _Planner, stage: PlanStage, state: _StageState, step: PlanS
     instr = step.instruction
     if not isinstance(instr, ArgInstr):
         return
+    expanded = []
     for definition in instr.args:
+        default = definition.default
+        if default is not None:
+            default = _expander(state.env(), instr.loc)(default)
+        expanded.append(ArgDef(definition.name, default))
         value = planner.args.lookup(definition.name)
         if value is None:
-            value = definition.default
+            value = default
         if value is None:
             value = planner.global_args.get(definition.name)
         state.args[definition.name] = value
         if value is not None:
             step.cache_args[definition.name] = value
+    step.instruction = replace(instr, args=expanded)
 
 
 def _do_env(planner: _Planner, stage: PlanStage, state: _StageState, step: PlanStep) -> None:

@@ -369,3 +369,10 @@ def test_add_remote_sources_and_valid_flags() -> None:
     )
     assert step[0].remote_sources == ["https://example.com/x.tgz"]
     assert step[1].remote_sources == ["git@github.com:o/r.git"]
+
+
+def test_one_arg_line_is_read_left_to_right() -> None:
+    text = "ARG A=1 B=$A\nFROM img:$B\nARG C=2 D=${C}${B:-x}\nENV D=$D\n"
+    stage = plan(text).target_stage
+    assert stage.base == "img:1"
+    assert stage.config.env == ["D=2x"]
