@@ -103,6 +103,7 @@ class ConfinedTree:
                 return None
             os.mkdir(name, 0o755, dir_fd=parent.fd)
             fd = os.open(name, DIR_FLAGS, dir_fd=parent.fd)
+            os.fchmod(fd, 0o755)  # an implicit parent: 0755 whatever the umask
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise

@@ -144,7 +144,7 @@ class LayerWriter:
             os.fchown(fd, entry.uid, entry.gid)
             os.fchmod(fd, entry.mode)
             for key, value in entry.xattrs.items():
-                os.setxattr(fd, key, value)
+                self._setxattr(fd, key, value, entry)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
@@ -166,7 +166,7 @@ class LayerWriter:
         os.fchown(fd, entry.uid, entry.gid)
         os.fchmod(fd, entry.mode)
         for key, value in entry.xattrs.items():
-            os.setxattr(fd, key, value)
+            self._setxattr(fd, key, value, entry)
         self._dir_times.append((entry.path, entry.mtime_ns))
 
     def _symlink(self, entry: Entry) -> None:
@@ -195,9 +195,26 @@ class LayerWriter:
         if chmod:  # the node was just created here by mknod: it is not a symlink
             os.chmod(name, entry.mode, dir_fd=parent.fd)
         for key, value in entry.xattrs.items():
-            os.setxattr(_proc_path(parent, name), key, value, follow_symlinks=False)
+            self._setxattr(_proc_path(parent, name), key, value, entry)
         ns = (entry.mtime_ns, entry.mtime_ns)
         os.utime(name, ns=ns, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _setxattr(self, where: int | str, key: str, value: bytes, entry: Entry) -> None:
+        """Set one xattr (never through a symlink); unsupported ones are warned about once."""
+        try:
+            if isinstance(where, int):
+                os.setxattr(where, key, value)
+            else:
+                os.setxattr(where, key, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            namespace = key.split(".", 1)[0]
+            self.warn_once(
+                f"xattr:{namespace}",
+                f"xattrs in the {namespace}.* namespace could not be set here "
+                f"(first on {entry.name!r}: {exc.strerror}); they were skipped",
+            )
 
     def _hardlink(self, entry: Entry) -> None:
         source = self.tree.parent(entry.linkname, entry.name, create=False)
@@ -343,6 +360,8 @@ def flatten_layers(layer_dirs: list[str], dest: str) -> None:
         try:
             source = os.open(layer, DIR_FLAGS)
             try:
+                if _get_xattr(source, OPAQUE_XATTR) == b"y":
+                    writer.apply(Entry("/", "", OPAQUE))
                 _replay_dir(writer, source, "", {})
             finally:
                 os.close(source)

@@ -572,6 +572,27 @@ def test_devices_fifos_and_hardlinks_preserved(tmp_path: Path, layer) -> None:
     assert hardlink_groups(root) == [["again", "orig", "third"]]
 
 
+def test_unsupported_xattr_warned_once(tmp_path: Path, layer) -> None:
+    pax = {"SCHILY.xattr.user.on-symlink": "1"}
+    links = [member(f"l{n}", tarfile.SYMTYPE, linkname="x", pax_headers=pax) for n in range(3)]
+    result = extract_layer(layer(links), str(tmp_path / "root"))
+    assert len(result.warnings) == 1
+    assert "user.*" in result.warnings[0]
+    assert "'l0'" in result.warnings[0]
+
+
+def test_flatten_layers_root_opaque(tmp_path: Path, layer) -> None:
+    dirs = [str(tmp_path / "l0"), str(tmp_path / "l1")]
+    extract_layer(layer([f("old", b"1"), d("keepdir")]), dirs[0])
+    extract_layer(layer([f(".wh..wh..opq"), f("new", b"2")]), dirs[1])
+    assert os.getxattr(dirs[1], "trusted.overlay.opaque") == b"y"
+    flatten_layers(dirs, str(tmp_path / "flat"))
+    assert sorted(snapshot(tmp_path / "flat")) == ["new"]
+    blobs = [layer([f("old", b"1")]), layer([f(".wh..wh..opq"), f("new", b"2")])]
+    flatten_blobs(blobs, str(tmp_path / "flat-blobs"))
+    assert sorted(snapshot(tmp_path / "flat-blobs")) == ["new"]
+
+
 def test_directory_mtime_set_after_contents(tmp_path: Path, layer) -> None:
     root = tmp_path / "root"
     extract_layer(layer([d("a", mtime=1234), d("a/b", mtime=5678), f("a/b/c", b"x")]), str(root))
