@@ -32,7 +32,24 @@ Public API (what the image store calls):
 Everything is preserved as root: numeric owners, modes with setuid/setgid/sticky,
 mtimes (directories' after their contents), ``SCHILY.xattr.*`` xattrs, hardlinks,
 device nodes, fifos, symlinks (never followed). See :mod:`layer_policy` for what is
-refused and :mod:`layer_tree` for how writes are kept inside the root.
+refused, :mod:`layer_tree` for how writes are kept inside the root and
+:mod:`layer_tarstream` for the tar formats read.
+
+Known limits:
+
+- A failed extraction leaves ``dest`` partly written: extract into a temporary
+  directory and rename it when complete (the image store does). There is no
+  locking here; one extraction per destination at a time.
+- It needs root (ownership, device nodes, ``trusted.*`` xattrs); there is no
+  rootless mode. xattrs the destination refuses are skipped with one warning per
+  namespace.
+- In overlay format a layer stands alone: a hardlink must point into the same
+  layer (real layer tars always do), and a member below a directory that is a
+  symlink in a lower layer (``lib/x`` over ``lib -> usr/lib``) lands in a real
+  ``lib/`` directory of that layer, as in containerd; flat mode follows the symlink
+  inside the root. Parent directories that the tar does not list are created
+  0755 root:root.
+- PAX sparse format 0.0 and ``LIBARCHIVE.xattr.*`` records are not read.
 """
 
 from __future__ import annotations
