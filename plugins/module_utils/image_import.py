@@ -27,7 +27,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ContextManager
+from typing import IO, Any, ContextManager, Union
 
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
     INDEX_TYPES,
@@ -120,7 +120,7 @@ class _TarReader:
 
     def _resolve(self, name: str) -> tarfile.TarInfo:
         current = self._norm(name)
-        for _ in range(_MAX_LINKS):
+        for _hop in range(_MAX_LINKS):
             if current.startswith(".."):
                 break
             member = self.members.get(current)
@@ -162,7 +162,7 @@ class _TarReader:
         self.tar.close()
 
 
-_Reader = _DirReader | _TarReader
+_Reader = Union[_DirReader, _TarReader]
 
 
 def _read_small(reader: _Reader, name: str) -> bytes:
@@ -416,9 +416,7 @@ def _commit(
             store.init()
             config_data = _read_blob(source, manifest.config)
             image = build_stored_image(reference, source.manifest, source.media_type, config_data)
-            if not store.has_blob(manifest.config.digest):
-                store.ingest_bytes(config_data, manifest.config.digest)
-                result.blobs_added.append(manifest.config.digest)
+            store.ingest_bytes(config_data, manifest.config.digest, added=result.blobs_added)
             for desc in manifest.layers:
                 if force and store.has_blob(desc.digest):
                     _drop_if_corrupt(store, desc)
@@ -429,9 +427,9 @@ def _commit(
             for layer in image.layers:
                 if store.ensure_layer(layer, verify=True, image=reference):
                     result.layers_unpacked.append(layer.chain_id)
-            if not store.has_blob(source.digest):
-                result.blobs_added.append(source.digest)
-            descriptor = store.put_manifest(source.manifest, source.media_type)
+            descriptor = store.put_manifest(
+                source.manifest, source.media_type, added=result.blobs_added
+            )
             result.previous_digest = store.tag(reference, descriptor)
     except BaseException:
         created = result.blobs_added + result.layers_unpacked

@@ -426,8 +426,13 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def ingest_bytes(self, data: bytes, digest: str | None = None) -> str:
-        """Store ``data`` as a blob (checked against ``digest`` when given); return its digest."""
+    def ingest_bytes(
+        self, data: bytes, digest: str | None = None, added: list[str] | None = None
+    ) -> str:
+        """Store ``data`` as a blob (checked against ``digest`` when given); return its digest.
+
+        When this call wrote the blob (it was not there), its digest is appended to ``added``.
+        """
         actual = sha256_digest(data)
         if digest is not None and digest != actual:
             raise BlobError(f"blob {digest} is corrupted: its content has digest {actual}")
@@ -442,10 +447,17 @@ class Store:
                         os.fsync(out.fileno())
                     Path(tmp).chmod(0o644)
                     Path(tmp).rename(self.blob_path(actual))
+                    if added is not None:
+                        added.append(actual)
         return actual
 
-    def put_manifest(self, data: bytes, media_type: str | None = None) -> Descriptor:
-        """Store a manifest (or index) whose referenced blobs are all present already."""
+    def put_manifest(
+        self, data: bytes, media_type: str | None = None, added: list[str] | None = None
+    ) -> Descriptor:
+        """Store a manifest (or index) whose referenced blobs are all present already.
+
+        When this call wrote the manifest blob, its digest is appended to ``added``.
+        """
         doc = load_json(data, "manifest")
         media_type = manifest_media_type(doc, media_type)
         if media_type in INDEX_TYPES:
@@ -459,7 +471,7 @@ class Store:
                 f"manifest {sha256_digest(data)} refers to blobs missing from store "
                 f"{self.root}: {', '.join(missing)}; ingest them first"
             )
-        digest = self.ingest_bytes(data)
+        digest = self.ingest_bytes(data, added=added)
         return Descriptor(media_type=media_type, digest=digest, size=len(data))
 
     # -- index.json and tags -------------------------------------------------------------
