@@ -191,6 +191,11 @@ def build_spec(
             f"overlay {path}: lowerdir {duplicates[0]} is listed more than once",
             "Each lower directory may appear only once in lowerdirs",
         )
+    if upperdir is None and len(lowers) < 2:
+        raise OverlayError(
+            f"overlay {path}: a read-only union needs at least two lowerdirs",
+            "Add a second lower directory, or give upperdir and workdir for a writable overlay",
+        )
     opts = _clean_options(path, options or [])
     if upperdir is None and "rw" in opts:
         raise OverlayError(
@@ -328,7 +333,7 @@ def _option_changes(
     changes: list[str] = []
     for option in spec.overlay_options():
         spelled = ALIASES.get(option, option)
-        key, _, value = spelled.partition("=")
+        key, _sep, value = spelled.partition("=")
         if "=" not in option:
             if spelled not in live.options:
                 changes.append(f"overlay option {option} is not in effect")

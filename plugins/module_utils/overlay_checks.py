@@ -26,26 +26,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
 FILESYSTEMS = "/proc/filesystems"
 # Entries overlayfs itself leaves in a workdir it used before.
 WORKDIR_OWN_ENTRIES = frozenset(("work", "index", "incompat"))
-# File systems the kernel refuses as upper layer (no xattrs, no d_type, read-only ...).
+# File systems that cannot hold an upper layer: read-only ones, and ones without extended
+# attributes, hard links or d_type.  Others are probed (see :func:`probe_xattrs`).
 UNSUPPORTED_UPPER = frozenset(
-    (
-        "overlay",
-        "vfat",
-        "msdos",
-        "exfat",
-        "iso9660",
-        "squashfs",
-        "erofs",
-        "cramfs",
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "9p",
-        "ramfs",
-        "proc",
-        "sysfs",
-    )
+    ("vfat", "msdos", "exfat", "iso9660", "squashfs", "erofs", "cramfs", "proc", "sysfs")
 )
 
 
@@ -154,7 +138,7 @@ def filesystem_type(path: str, entries: list[MountEntry]) -> str | None:
 def check_upper_filesystem(upperdir: str, entries: list[MountEntry]) -> None:
     """Refuse file system types the kernel does not accept as upper layer."""
     fstype = filesystem_type(upperdir, entries)
-    if fstype in UNSUPPORTED_UPPER or (fstype or "").startswith("fuse"):
+    if fstype in UNSUPPORTED_UPPER:
         raise OverlayError(
             f"upperdir {upperdir} is on a {fstype} file system, which overlayfs cannot use "
             "as upper layer (it needs extended attributes, d_type and tmpfile support)",

@@ -74,12 +74,23 @@ class Outcome:
 
 
 class OverlayExecutor:
-    """Runs a plan's actions in order; on failure, undoes the earlier ones."""
+    """Runs a plan's actions in order; on failure, undoes the earlier ones.
 
-    def __init__(self, run: Runner, fstab: str, backup: bool = False) -> None:
+    ``before_mount`` runs right before each mount, after the directories were created,
+    so checks of new directories fail the run (and roll it back) before the kernel sees it.
+    """
+
+    def __init__(
+        self,
+        run: Runner,
+        fstab: str,
+        backup: bool = False,
+        before_mount: Callable[[], None] | None = None,
+    ) -> None:
         self.run = run
         self.fstab = fstab
         self.backup = backup
+        self.before_mount = before_mount
         self._created: list[str] = []
         self._fstab_original: str | None = None
         self._fstab_written = False
@@ -103,7 +114,11 @@ class OverlayExecutor:
             self._create_dir(action.target)
         elif action.kind == "write_fstab":
             outcome.backup_file = self._write_fstab(plan.fstab_text or "")
-        elif action.kind in ("mount", "unmount", "remount"):
+        elif action.kind == "mount":
+            if self.before_mount is not None:
+                self.before_mount()
+            self._run_command(action)
+        elif action.kind in ("unmount", "remount"):
             self._run_command(action)
         else:
             raise OverlayError(f"unknown action {action.kind} on {action.target}")

@@ -39,7 +39,6 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay_executor impo
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_plan import (
     Gathered,
     OverlayBackend,
-    Plan,
     Request,
     plan,
 )
@@ -63,12 +62,11 @@ def gather(request: Request) -> Gathered:
     )
 
 
-def preflight(request: Request, decided: Plan, check_mode: bool) -> None:
-    """Check the kernel and the layers when the plan mounts something."""
-    if request.spec is None or not any(action.kind == "mount" for action in decided.actions):
-        return
-    check_kernel()
-    check_layers(request.spec, read_mountinfo(), probe=not check_mode)
+def preflight(request: Request, probe: bool) -> None:
+    """Check the kernel and the layers before a mount (``probe`` writes a test xattr)."""
+    if request.spec is not None:
+        check_kernel()
+        check_layers(request.spec, read_mountinfo(), probe=probe)
 
 
 @contextlib.contextmanager
@@ -86,11 +84,15 @@ def ensure_state(
     """Bring the overlay to ``request.state``; returns the module's result."""
     with _fstab_lock(request, check_mode):
         decided = plan(request, gather(request), backend)
-        preflight(request, decided, check_mode)
+        mounts = any(action.kind == "mount" for action in decided.actions)
+        if mounts:
+            preflight(request, probe=False)  # what can be checked before anything is created
 
         backup_file = None
         if decided.changed and not check_mode:
-            executor = OverlayExecutor(run, request.fstab, backup=backup)
+            executor = OverlayExecutor(
+                run, request.fstab, backup, before_mount=lambda: preflight(request, probe=True)
+            )
             backup_file = executor.apply(decided).backup_file
 
     after = find_mount(read_mountinfo(), request.path)

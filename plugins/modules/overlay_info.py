@@ -38,7 +38,7 @@ seealso:
   - module: lapis.layers.overlay_mount
   - module: ansible.builtin.mount_facts
 author:
-  - lapis.layers contributors
+  - lapis.layers contributors (@lapis-layers)
 """
 
 EXAMPLES = r"""

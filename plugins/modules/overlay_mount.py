@@ -139,7 +139,7 @@ seealso:
     description: The kernel's description of overlayfs, its options and whiteouts.
     link: https://docs.kernel.org/filesystems/overlayfs.html
 author:
-  - lapis.layers contributors
+  - lapis.layers contributors (@lapis-layers)
 """
 
 EXAMPLES = r"""

@@ -116,10 +116,11 @@ def test_read_only_union_is_mounted_ro() -> None:
         ({"lowerdirs": ["/a"], "upperdir": "/u"}, "must be given together"),
         ({"lowerdirs": ["/a"], "workdir": "/w"}, "must be given together"),
         ({"lowerdirs": ["/a", "/a/"]}, "listed more than once"),
-        ({"lowerdirs": ["/a"], "options": ["lowerdir=/b"]}, "not allowed in options"),
-        ({"lowerdirs": ["/a"], "options": ["index=on,xino=on"]}, "contains a comma"),
-        ({"lowerdirs": ["/a"], "options": ["rw"]}, "writable read-only union"),
-        ({"lowerdirs": ["/a\nb"]}, "newline"),
+        ({"lowerdirs": ["/a", "/b"], "options": ["lowerdir=/b"]}, "not allowed in options"),
+        ({"lowerdirs": ["/a", "/b"], "options": ["index=on,xino=on"]}, "contains a comma"),
+        ({"lowerdirs": ["/a", "/b"], "options": ["rw"]}, "writable read-only union"),
+        ({"lowerdirs": ["/a"]}, "read-only union needs at least two lowerdirs"),
+        ({"lowerdirs": ["/a\nb", "/c"]}, "newline"),
     ],
 )
 def test_build_spec_rejects(kwargs: dict, message: str) -> None:
