@@ -80,83 +80,29 @@ class Pki:
         return context
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lapis test CA",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-new",
-        *ec,
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        f"/CN={REGISTRY_ADDR}",
-        cwd=d,
-    )
+def make_pki(d: Path) -> Pki:
+    """Write the CA, the server certificate and the token-signing key into ``d``."""
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+    _openssl(*f"req -x509 {ec} -keyout ca.key -out ca.crt".split(), "-subj", "/CN=lapis CA", cwd=d)
+    _openssl(*f"req -new {ec} -keyout server.key -out server.csr".split(),
+             "-subj", f"/CN={REGISTRY_ADDR}", cwd=d)  # fmt: skip
     (d / "san.ext").write_text(f"subjectAltName=IP:{REGISTRY_ADDR},IP:{SIDE_ADDR}\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "token.key",
-        "-out",
-        "token.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lapis token signer",
-        cwd=d,
-    )
+    sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2"
+    _openssl(*f"{sign} -out server.crt -extfile san.ext".split(), cwd=d)
+    rsa = "req -x509 -newkey rsa:2048 -nodes -days 2 -keyout token.key -out token.crt"
+    _openssl(*rsa.split(), "-subj", "/CN=lapis token signer", cwd=d)
     cert_dir = d / "certs.d"
     cert_dir.mkdir()
     shutil.copy(d / "ca.crt", cert_dir / "ca.crt")
     return Pki(
-        d,
-        d / "ca.crt",
-        d / "server.crt",
-        d / "server.key",
-        d / "token.crt",
-        d / "token.key",
+        d, d / "ca.crt", d / "server.crt", d / "server.key", d / "token.crt", d / "token.key",
         cert_dir,
-    )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def bcrypt_hash(password: str) -> str:

@@ -1,0 +1,160 @@
+"""Pull benchmark: our registry client beside ``skopeo copy`` on one ~200 MB, 4-layer image.
+
+A local docker-registry (TLS + htpasswd, as in the system tests) serves an image of four
+gzip layers of ~50 MB each (text-like content, ~40 MB of blobs in all). Each round uses
+fresh destination names (never deleting a tree right before timing the next):
+
+* ``skopeo copy docker://... oci:DIR`` into an empty OCI layout (the peer);
+* our client's ``pull`` into an empty OCI layout (the fetch, same work as skopeo);
+* ``pull_to_store`` into an empty image store (the fetch plus fsync and tagging), then
+  ``Store.ensure_layers`` (unpacking, reported separately).
+
+Medians of ``--rounds`` runs are printed with ratios to skopeo. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "build" / "collections"))
+
+# pylint: disable=wrong-import-position
+from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store  # noqa: E402
+from ansible_collections.lapis.layers.plugins.module_utils.registry_client import (  # noqa: E402
+    RegistryClient,
+    RegistryOptions,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_layout import (  # noqa: E402
+    OciLayout,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_reference import (  # noqa: E402
+    parse_reference,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (  # noqa: E402
+    pull_to_store,
+)
+from ansible_collections.lapis.layers.tests.system.registry.conftest import (  # noqa: E402
+    PASSWORD,
+    USER,
+    bcrypt_hash,
+    make_image,
+    make_pki,
+    start_registry,
+    stop_process,
+)
+
+PORT = 5036
+WORDS = [f"word{i:04d}" for i in range(4000)]
+
+
+def layer_files(seed: int, megabytes: int) -> dict[str, bytes | str]:
+    """~``megabytes`` of text-like files (gzip makes about a quarter of it)."""
+    rng = random.Random(seed)
+    files: dict[str, bytes | str] = {}
+    total, index = 0, 0
+    while total < megabytes << 20:
+        size = rng.randint(4 << 10, 256 << 10)
+        words = rng.choices(WORDS, k=size // 9)
+        noise = rng.randbytes(size // 40)
+        data = (" ".join(words)).encode() + noise
+        files[f"usr/share/bench{seed}/d{index // 100:03d}/f{index:05d}"] = data
+        total += len(data)
+        index += 1
+    return files
+
+
+def build_image(cache: Path) -> Path:
+    layout = cache / "layout"
+    if (layout / "index.json").exists():
+        return layout
+    tmp = cache / f"layout-tmp-{os.getpid()}"
+    print("building the ~200 MB 4-layer image (once; cached) ...", flush=True)
+    make_image(tmp, "bench", [layer_files(seed, 50) for seed in range(4)])
+    tmp.rename(layout)
+    return layout
+
+
+def timed(func: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    func()
+    return time.perf_counter() - started
+
+
+def run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/lapis-registry-bench-cache"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    layout = build_image(args.cache)
+    blob_bytes = sum(p.stat().st_size for p in (layout / "blobs/sha256").iterdir())
+    work = Path(tempfile.mkdtemp(prefix="lapis-registry-bench-", dir="/tmp"))
+    pki_dir = work / "pki"
+    pki_dir.mkdir()
+    pki = make_pki(pki_dir)
+    base = work / "registry"
+    base.mkdir()
+    (base / "htpasswd").write_text(f"{USER}:{bcrypt_hash(PASSWORD)}\n")
+    auth = {"htpasswd": {"realm": "bench", "path": str(base / "htpasswd")}}
+    registry = start_registry(base, PORT, pki, auth, f"{USER}:{PASSWORD}")
+    try:
+        run(["skopeo", "--insecure-policy", "copy", *registry.tls_args("dest"),
+             f"oci:{layout}:bench", f"docker://{registry.host}/bench/image:1"])  # fmt: skip
+        ref = parse_reference(f"{registry.host}/bench/image:1")
+        options = RegistryOptions(username=USER, password=PASSWORD, ca_path=str(pki.ca))
+        figures: dict[str, list[float]] = {"skopeo": [], "fetch": [], "store": [], "unpack": []}
+        for n in range(args.rounds):
+            dest = work / f"skopeo-{n}"
+            figures["skopeo"].append(timed(lambda d=dest: run(
+                ["skopeo", "--insecure-policy", "copy", *registry.tls_args("src"),
+                 f"docker://{ref}", f"oci:{d}:1"])))  # fmt: skip
+            ours = OciLayout(work / f"ours-{n}")
+            figures["fetch"].append(timed(lambda o=ours: RegistryClient(options).pull(ref, o)))
+            store = Store(work / f"store-{n}")
+            figures["store"].append(timed(lambda s=store: pull_to_store(s, str(ref), options)))
+            image = store.resolve(str(ref))
+            figures["unpack"].append(timed(lambda s=store, i=image: s.ensure_layers(i)))
+            theirs = {p.name for p in (dest / "blobs/sha256").iterdir()}
+            if theirs != {p.name for p in (ours.root / "blobs/sha256").iterdir()}:
+                raise SystemExit("skopeo and our pull fetched different blobs")
+        skopeo_median = statistics.median(figures["skopeo"])
+        print(f"\nimage: 4 layers, {blob_bytes / 1e6:.1f} MB of blobs, ~200 MB unpacked; "
+              f"medians of {args.rounds} rounds (2 shared cores, other work running)")  # fmt: skip
+        labels = {
+            "skopeo": "skopeo copy -> empty OCI layout",
+            "fetch": "ours: pull -> empty OCI layout",
+            "store": "ours: pull -> empty image store",
+            "unpack": "ours: unpack layers in store",
+        }
+        for key, label in labels.items():
+            median = statistics.median(figures[key])
+            ratio = median / skopeo_median
+            print(f"  {label:34s} {median:7.3f} s   x{ratio:5.2f} of skopeo")
+        print(json.dumps({k: [round(v, 3) for v in vs] for k, vs in figures.items()}))
+    finally:
+        stop_process(registry.proc)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
