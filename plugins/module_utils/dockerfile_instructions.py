@@ -47,12 +47,13 @@ CACHE_SHARING = ("shared", "private", "locked")
 
 @dataclass(frozen=True)
 class Location:
-    """Where an instruction is written: file, first and last line, the text as written."""
+    """Where an instruction is written: file, lines, the text as written, the escape character."""
 
     filename: str
     start_line: int
     end_line: int
     original: str
+    escape: str = "\\"
 
     def error(self, message: str) -> DockerfileError:
         """A DockerfileError at this instruction's first line."""
@@ -339,9 +340,15 @@ _FLAG_SPECS: dict[str, dict[str, str]] = {
 # --- node to instruction ------------------------------------------------------------------
 
 
-def instruction_from_node(node: Node, filename: str = "Dockerfile") -> Instruction:
-    """The typed instruction of one parser node; raises DockerfileError naming its line."""
-    loc = Location(filename, node.start_line, node.end_line, node.original)
+def instruction_from_node(
+    node: Node, filename: str = "Dockerfile", escape: str = "\\"
+) -> Instruction:
+    """The typed instruction of one parser node; raises DockerfileError naming its line.
+
+    ``escape`` is the file's escape character (``# escape=``), used when the
+    instruction's words are expanded later.
+    """
+    loc = Location(filename, node.start_line, node.end_line, node.original, escape)
     name = node.instruction
     builder = _BUILDERS.get(name)
     if builder is None:
@@ -543,7 +550,7 @@ def _onbuild(node: Node, loc: Location, flags: _Flags) -> Instruction:
         raise loc.error("%s isn't allowed as an ONBUILD trigger" % keyword.upper())
     child.start_line, child.end_line = node.start_line, node.end_line
     child.heredocs = list(node.heredocs)
-    inner = instruction_from_node(child, loc.filename)
+    inner = instruction_from_node(child, loc.filename, loc.escape)
     trigger = re.sub(r"(?i)^\s*ONBUILD\s*", "", node.original)
     for doc in node.heredocs:
         trigger += "\n" + doc.content + doc.name

@@ -356,7 +356,10 @@ def load_instructions(
 ) -> tuple[dict[str, str], list[Instruction]]:
     """Parse text to typed instructions; returns the parser directives too."""
     result = parse_dockerfile(text, filename)
-    return result.directives, [instruction_from_node(node, filename) for node in result.nodes]
+    escape = result.escape
+    return result.directives, [
+        instruction_from_node(node, filename, escape) for node in result.nodes
+    ]
 
 
 def split_stages(instrs: list[Instruction]) -> tuple[list[ArgInstr], list[_RawStage]]:
@@ -419,7 +422,7 @@ def _expander(
 ) -> Callable[[str], str]:
     # ``raw`` is for heredoc bodies: quotes there belong to the file, only ``$`` and
     # the escape character are processed.
-    lex = ShellLex(skip_quotes=raw)
+    lex = ShellLex("\\" if raw else loc.escape, skip_quotes=raw)
 
     def expand(word: str) -> str:
         try:

@@ -376,3 +376,10 @@ def test_one_arg_line_is_read_left_to_right() -> None:
     stage = plan(text).target_stage
     assert stage.base == "img:1"
     assert stage.config.env == ["D=2x"]
+
+
+def test_escape_directive_applies_to_expansion() -> None:
+    text = "# escape=`\nFROM a\nENV DIR=C:\\app B=`$DIR\nWORKDIR $DIR\\bin\n"
+    stage = plan(text).target_stage
+    assert stage.config.env == ["DIR=C:\\app", "B=$DIR"]
+    assert stage.config.working_dir == "/C:\\app\\bin"
