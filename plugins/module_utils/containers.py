@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ansible_collections.lapis.layers.plugins.module_utils import oci_runtime as rt
+from ansible_collections.lapis.layers.plugins.module_utils import oci_store
 from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs
 
 DEFAULT_STORE = "/var/lib/lapis"
@@ -91,24 +92,19 @@ class StoreImages:
     """:class:`ImageSource` backed by the lapis.layers image store (``oci_store.Store``)."""
 
     def __init__(self, store: str) -> None:
-        from ansible_collections.lapis.layers.plugins.module_utils import (  # noqa: PLC0415
-            oci_store,
-        )
-
-        self._mod = oci_store
         self.store = oci_store.Store(store)
 
     def lookup(self, reference: str) -> tuple[str, str]:
         try:
             image = self.store.resolve(reference)
-        except self._mod.StoreError as exc:
+        except oci_store.StoreError as exc:
             raise ContainerError(f"Unknown image {reference}: {exc}") from exc
         return image.reference, image.manifest_digest
 
     def use(self, container: str, reference: str) -> ImageUse:
         try:
             image, lowerdirs = self.store.use_image(container, reference)
-        except self._mod.StoreError as exc:
+        except oci_store.StoreError as exc:
             raise ContainerError(f"Cannot use image {reference}: {exc}") from exc
         return ImageUse(
             reference=image.reference,
@@ -329,7 +325,8 @@ def plan(request: ContainerRequest, current: Current, after: dict[str, Any] | No
     if request.state == "absent":
         removal = ["remove"] if current.exists or current.mounted else []
         return Plan(removal, before, {}, sorted(before) if removal else [])
-    assert after is not None
+    if after is None:
+        raise ContainerError(f"Container {request.name}: no desired configuration to compare.")
     differs = current.exists and before != after
     if differs and before.get("image") != after.get("image") and not request.recreate:
         raise ContainerError(
@@ -763,3 +760,23 @@ def ensure(
         result.update(engine.apply(the_plan.actions, after))
         result["container"] = describe(paths, inspect(paths, runtime))
         return result
+
+
+def info(store: str, name: str | None, runtime_choice: str, log_lines: int) -> list[dict[str, Any]]:
+    """Describe every container of ``store`` (or just ``name``) for container_info."""
+    if name is not None:
+        check_name(name)
+    try:
+        runtime: rt.OCIRuntime | None = open_runtime(store, runtime_choice)
+    except ContainerError:
+        runtime = None  # without a runtime the status comes from our own files only
+    names = [name] if name is not None else list_names(store)
+    out = []
+    for each in names:
+        paths = ContainerPaths(store, each)
+        try:
+            current = inspect(paths, runtime)
+        except rt.OCIRuntimeError as exc:
+            raise ContainerError(f"Cannot read the state of container {each}: {exc}") from exc
+        out.append(describe(paths, current, log_lines))
+    return out

@@ -259,8 +259,8 @@ def _read_sync(fd: int, timeout: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
+        readable = select.select([fd], [], [], remaining)[0]
+        if not readable:
             break
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -275,7 +275,7 @@ def resolve_user(rootfs: str, user: str | None) -> ResolvedUser:
     or group *name* that the image does not define is an error.
     """
     spec = (user or "").strip() or "0"
-    name, _, group = spec.partition(":")
+    name, _sep, group = spec.partition(":")
     passwd = parse_colon_file(read_in_root(rootfs, "/etc/passwd"))
     groups = parse_colon_file(read_in_root(rootfs, "/etc/group"))
 
@@ -367,7 +367,7 @@ def normalize_rlimit_name(name: str) -> str:
 def parse_rlimit(name: str, value: Any) -> tuple[int, int]:
     """``1024``, ``"1024"`` or ``"1024:4096"`` (soft:hard) as a (soft, hard) pair."""
     text = str(value).strip()
-    soft_text, _, hard_text = text.partition(":")
+    soft_text, _sep, hard_text = text.partition(":")
     hard_text = hard_text or soft_text
     try:
         soft, hard = int(soft_text), int(hard_text)
@@ -421,7 +421,7 @@ def merge_env(image_env: list[str] | None, env: dict[str, str], home: str) -> li
     """Image ``Env`` overridden by ``env``; PATH and HOME filled in when nobody set them."""
     merged: dict[str, str] = {}
     for item in image_env or []:
-        key, _, value = item.partition("=")
+        key, _sep, value = item.partition("=")
         merged[key] = value
     for key, value in env.items():
         if not key or "=" in key:
