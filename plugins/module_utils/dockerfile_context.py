@@ -162,8 +162,18 @@ class IgnoreMatcher:
 
     @property
     def has_exclusions(self) -> bool:
-        """Whether any ``!pattern`` can re-include something inside an excluded directory."""
+        """Whether there is any ``!pattern``."""
         return any(p.exclusion for p in self.patterns)
+
+    def may_reinclude_below(self, directory: str) -> bool:
+        """Whether an excluded directory must still be walked for ``!`` patterns.
+
+        As Docker does, only a ``!pattern`` that spells out the directory as its
+        prefix (``!docs/keep.md`` for ``docs``) reaches inside an excluded
+        directory; ``!**/keep.md`` does not.
+        """
+        prefix = go_clean(directory) + "/"
+        return any(p.exclusion and (p.text + "/").startswith(prefix) for p in self.patterns)
 
     def excluded(self, path: str) -> bool:
         """Whether the context path ``path`` (or one of its parents) is ignored."""
@@ -330,7 +340,7 @@ class _Context:
         """A matched source is visible unless ignored, or when ``!`` rules keep files below it."""
         if self.visible(rel):
             return True
-        if not self.matcher.has_exclusions:
+        if not self.matcher.may_reinclude_below(rel):
             return False
         real = self.resolve(rel)
         return self.abs(real).is_dir() and bool(self.walk(rel, real))
@@ -380,7 +390,7 @@ class _Context:
             child = name if rel == "." else rel + "/" + name
             child_real = name if real == "." else real + "/" + name
             excluded = not (self.visible(child) and self.visible(child_real))
-            if excluded and not self.matcher.has_exclusions:
+            if excluded and not self.matcher.may_reinclude_below(child):
                 continue
             entry = self.entry(child, child_real)
             below = self.walk(child, child_real) if entry.kind == "dir" else []

@@ -153,6 +153,7 @@ IGNORE_CASES = {
     "double-star": "**/*.log\n/top-only.txt\nsrc/**/gen\n",
     "last-match-wins": "*.md\n!README*.md\nREADME-secret.md\n",
     "parent-dir": "src\n!src/keep\n",
+    "reinclude-needs-prefix": "docs\nsrc\n!**/keep.md\n!**/x.c\n",
 }
 
 CONTEXT_FILES = {
@@ -166,6 +167,8 @@ CONTEXT_FILES = {
     "docs/drop.md": "d\n",
     "a.tmp": "x\n",
     "src/keep/x.c": "x\n",
+    "src/keep/keep.md": "k\n",
+    "docs/sub/keep.md": "k\n",
     "src/x.log": "l\n",
     "src/a/gen/out.c": "g\n",
     "src/a/b/gen/out.c": "g\n",

@@ -206,6 +206,17 @@ def test_excluded_directory_with_kept_child_is_visible(context: Path) -> None:
     assert _paths(context, ["docs"]) == ["docs", "docs/keep.md"]
 
 
+def test_exception_reaches_into_excluded_directory_only_by_its_prefix(context: Path) -> None:
+    (context / ".dockerignore").write_text("docs\n!**/keep.md\n")
+    assert not any(p.startswith("docs") for p in _paths(context, ["."]))
+    (context / ".dockerignore").write_text("docs\n!docs/*.md\n")
+    assert [p for p in _paths(context, ["."]) if p.startswith("docs")] == [
+        "docs",
+        "docs/drop.md",
+        "docs/keep.md",
+    ]
+
+
 def test_copy_exclude_flag(context: Path) -> None:
     assert _paths(context, ["src"], excludes=("util",)) == ["src", "src/link", "src/main.go"]
 
