@@ -61,7 +61,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(
+        _validation, args = self.validate_argument_spec(
             argument_spec=ARGUMENT_SPEC,
             mutually_exclusive=MUTUALLY_EXCLUSIVE,
             required_if=REQUIRED_IF,
@@ -218,7 +218,7 @@ class ActionModule(ActionBase):
                 time.sleep(3)
                 continue
             if res.rc == 0 and "new-boot" in res.stdout:
-                facts, _ = self._gather(Options(state="absent"))
+                facts, _device = self._gather(Options(state="absent"))
                 path = device.path if device else None
                 active = is_active(facts, path, opts.target)
                 wanted = opts.state == "present"

@@ -294,7 +294,7 @@ def split_sections(output: str) -> dict[str, str]:
     """
     sections: dict[str, str] = {}
     for chunk in output.split("\n" + MARK)[1:]:
-        name, _, content = chunk.partition("\n")
+        name, _sep, content = chunk.partition("\n")
         sections[name.strip()] = content
     if "end" not in sections:
         raise ExtrootError("gathering facts on the router stopped early", stdout=output)
@@ -305,7 +305,7 @@ def parse_release(text: str) -> dict[str, str]:
     release = {}
     for line in text.splitlines():
         if "=" in line:
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             words = shlex.split(value) if value.strip() else [""]
             release[key.strip()] = words[0] if words else ""
     return release
@@ -566,7 +566,7 @@ def fstab_write_command(edit: FstabEdit, use_uci: bool) -> str:
 
 def write_file_command(path: str, content: str) -> str:
     """Write ``content`` to a temp file beside ``path`` and rename it over ``path``."""
-    directory, _, name = path.rpartition("/")
+    directory, _sep, name = path.rpartition("/")
     tmp = shlex.quote(f"{directory}/.{name}.lapis-tmp")
     dest = shlex.quote(path)
     return (

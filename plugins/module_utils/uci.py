@@ -189,7 +189,7 @@ class _Scanner:
             self._take()
 
     def _quoted(self, quote_char: str, start_line: int) -> str:
-        out = []
+        out: list[str] = []
         while True:
             char = self._peek()
             if not char:
@@ -209,7 +209,7 @@ class _Scanner:
 
     def _word(self) -> str:
         start_line = self.line
-        out = []
+        out: list[str] = []
         while True:
             char = self._peek()
             if not char or char in " \t\r\n":

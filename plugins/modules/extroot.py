@@ -148,7 +148,7 @@ seealso:
     description: The manual steps this module automates.
     link: https://openwrt.org/docs/guide-user/additional-software/extroot_configuration
 author:
-  - lapis.layers contributors
+  - lapis.layers contributors (@lapis-layers)
 """
 
 EXAMPLES = r"""

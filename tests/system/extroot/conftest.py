@@ -227,7 +227,7 @@ def losetup(image: Path) -> str:
 
 def wait_listening(router: Router, log: Path) -> None:
     """Wait for dropbear to accept connections (start-up, not a timed assertion)."""
-    for _ in range(200):
+    for _attempt in range(200):
         assert router.proc is not None
         if router.proc.poll() is not None:
             raise AssertionError(f"router {router.name} did not boot:\n{log.read_text()}")

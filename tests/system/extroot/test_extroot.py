@@ -112,7 +112,8 @@ def test_fresh_extroot_check_apply_idempotent(
     rwm = uci.parse(fstab).find("rwm")
     assert rwm is not None and rwm.get("device") == router.flash_loop
     assert fstab.startswith(fstab_before), "unrelated sections and comments must stay"
-    assert uci.parse(fstab).find("nas").get_list("options") == ["noatime", "nodiratime"]
+    nas = uci.parse(fstab).find("nas")
+    assert nas is not None and nas.get_list("options") == ["noatime", "nodiratime"]
 
     with mounted(router.usb_loop, tmp_path / "stick") as stick:
         copied = tree(stick / "upper")
