@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
@@ -383,3 +386,27 @@ def test_escape_directive_applies_to_expansion() -> None:
     stage = plan(text).target_stage
     assert stage.config.env == ["DIR=C:\\app", "B=$DIR"]
     assert stage.config.working_dir == "/C:\\app\\bin"
+
+
+# --- robustness over the parser corpus ---------------------------------------------------------
+
+_SHARED = Path(
+    os.environ.get("LAPIS_SHARED", Path(__file__).resolve().parents[4].parent / "shared")
+)
+_CORPUS = _SHARED / "conformance" / "dockerfile-parser" / "testfiles"
+_CORPUS_CASES = sorted(p.name for p in _CORPUS.iterdir()) if _CORPUS.is_dir() else ["absent"]
+
+
+@pytest.mark.parametrize("case", _CORPUS_CASES)
+def test_every_prefix_of_a_corpus_file_plans_or_fails_cleanly(shared: Path, case: str) -> None:
+    path = shared / "conformance" / "dockerfile-parser" / "testfiles" / case / "Dockerfile"
+    if not path.is_file():
+        pytest.skip("conformance corpus case %s is not present" % case)
+    lines = path.read_text().splitlines(keepends=True)
+    for end in range(1, len(lines) + 1):
+        # Any exception other than DockerfileError fails the test.
+        try:
+            plan_build("".join(lines[:end]), filename=case, build_platform=AMD64)
+        except DockerfileError as exc:
+            assert exc.line >= 1
+            assert str(exc).startswith("%s:%d: " % (case, exc.line))
