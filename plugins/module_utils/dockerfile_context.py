@@ -30,7 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_plan import go_clean
+from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
+    CopyInstr,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_plan import (
+    go_clean,
+    is_remote_source,
+)
 
 _CHUNK = 1 << 20
 _MAX_LINKS = 40
@@ -424,6 +430,21 @@ def context_sources(
         for root in roots:
             out.append(_source_match(ctx, source, root, exclude))
     return out
+
+
+def instruction_sources(
+    context_dir: str, instr: CopyInstr, matcher: IgnoreMatcher | None = None
+) -> list[SourceMatch]:
+    """The context entries an (expanded) COPY/ADD reads.
+
+    Nothing for ``COPY --from`` (its sources are in another stage or image);
+    ADD's URL and Git sources are skipped (see ``PlanStep.remote_sources``).
+    Heredoc sources are part of the step's identity, not of the context.
+    """
+    if instr.from_:
+        return []
+    local = [src for src in instr.sources if not (instr.add and is_remote_source(src))]
+    return context_sources(context_dir, local, matcher, instr.excludes)
 
 
 def _source_match(ctx: _Context, source: str, root: str, exclude: IgnoreMatcher) -> SourceMatch:

@@ -14,10 +14,15 @@ from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_context im
     context_sources,
     find_ignore_file,
     go_match,
+    instruction_sources,
     load_ignore_matcher,
     read_ignore_patterns,
     sources_digest,
 )
+from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
+    CopyInstr,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_plan import plan_build
 
 # --- .dockerignore -------------------------------------------------------------------------
 
@@ -273,3 +278,17 @@ def test_sources_digest_tracks_content_and_metadata_not_mtime(context: Path) -> 
     assert digest() == first
     (context / "src" / "new.go").write_text("")
     assert digest() != first
+
+
+def test_instruction_sources_of_planned_steps(context: Path) -> None:
+    text = (
+        "FROM a AS other\nFROM a\nARG DIR=src\nCOPY --exclude=util $DIR/ /app/\n"
+        "ADD https://example.com/x.tgz docs /opt/\nCOPY --from=other /x /x\n"
+    )
+    matcher = load_ignore_matcher(str(context))
+    found = []
+    for step in plan_build(text).target_stage.steps:
+        if isinstance(step.instruction, CopyInstr):
+            matches = instruction_sources(str(context), step.instruction, matcher)
+            found.append([e.path for m in matches for e in m.entries])
+    assert found == [["src", "src/link", "src/main.go"], ["docs", "docs/keep.md"], []]
