@@ -16,7 +16,8 @@ description:
   - Each layer is unpacked once into the store's layer cache (one directory per chain id,
     in overlay format); images that share base layers share those directories.
   - O(state=absent) removes the tag and garbage-collects blobs and layer directories that
-    no other image and no container uses.
+    no other image and no container uses. When an import moves an existing tag to another
+    image, the image it named before is collected the same way.
 author:
   - lapis.layers contributors (@lapis-layers)
 options:
@@ -137,14 +138,15 @@ layers_unpacked:
   elements: str
   sample: [sha256:8897395fd26dc44ad0e2a834335b33198cb41ac4d98dfddf58eced3853fa7b17]
 removed_blobs:
-  description: Digests of the blobs garbage collection removed.
-  returned: when O(state=absent)
+  description: Digests of the blobs garbage collection removed (after O(state=absent), or
+    when an import moved the tag away from another image).
+  returned: always
   type: list
   elements: str
   sample: []
 removed_layers:
   description: Chain ids of the layer directories garbage collection removed.
-  returned: when O(state=absent)
+  returned: always
   type: list
   elements: str
   sample: []
@@ -168,21 +170,29 @@ ERRORS = (InvalidReference, SourceError, StoreError, ManifestError, OSError)
 
 
 def ensure_present(module: AnsibleModule, store: Store, reference: str) -> dict:
-    """Import the image unless the tag already names it."""
+    """Import the image unless the tag already names it; collect what a moved tag freed."""
     p = module.params
     source = open_source(p["source"], p["path"], p["source_ref"])
     try:
         result = import_image(store, reference, source, p["force"], module.check_mode)
     finally:
         source.close()
-    return dict(
-        changed=result.changed,
-        diff={
+    removed_blobs: list = []
+    removed_layers: list = []
+    moved = result.previous_digest not in (None, result.manifest_digest)
+    if moved and not module.check_mode:
+        gc = store.gc()
+        removed_blobs, removed_layers = gc.blobs, gc.layers
+    return {
+        "changed": result.changed,
+        "diff": {
             "before": {"reference": reference, "manifest_digest": result.previous_digest},
             "after": {"reference": reference, "manifest_digest": result.manifest_digest},
         },
+        "removed_blobs": removed_blobs,
+        "removed_layers": removed_layers,
         **result.to_dict(),
-    )
+    }
 
 
 def ensure_absent(module: AnsibleModule, store: Store, reference: str) -> dict:

@@ -98,6 +98,15 @@ def test_module_import_is_idempotent_and_readable_by_skopeo(images, run_module, 
     assert len(first["layers_unpacked"]) == 2 and again["layers_unpacked"] == []
     _check_store_layout(store, "localhost/top:1", digest, shared)
 
+    # Moving the tag to another image collects what only the old image used.
+    top = Store(store).resolve("localhost/top:1")
+    moved = _ok(run_module(IMG, name="localhost/top:1", source="oci",
+                           path=str(images["other"]["oci"]), store=str(store)))  # fmt: skip
+    assert moved["changed"] and moved["previous_digest"] == digest
+    assert moved["removed_layers"] == [top.chain_ids[1]]
+    assert digest in moved["removed_blobs"] and top.layers[0].digest not in moved["removed_blobs"]
+    assert Store(store).present_layers() == set(Store(store).resolve("localhost/top:1").chain_ids)
+
 
 def _check_store_layout(store: Path, reference: str, digest: str, shared: Path) -> None:
     """skopeo reads the store by full reference; documents validate against the schemas."""
