@@ -189,6 +189,19 @@ class _Lines:
         return self.lines[self.pos - 1]
 
 
+def decode_dockerfile(data: bytes, filename: str = "Dockerfile") -> str:
+    """Dockerfile bytes as text; invalid UTF-8 is a DockerfileError naming the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DockerfileError(
+            "byte 0x%02x is not UTF-8; expected a UTF-8 text file" % data[exc.start],
+            filename,
+            line,
+        ) from None
+
+
 def parse_dockerfile(text: str, filename: str = "Dockerfile") -> ParseResult:
     """Parse Dockerfile text into nodes; raises DockerfileError naming the line."""
     directives = _Directives(filename)

@@ -10,6 +10,7 @@ import pytest
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_parser import (
     DockerfileError,
     Heredoc,
+    decode_dockerfile,
     go_quote,
     parse_dockerfile,
     render,
@@ -246,3 +247,9 @@ def test_error_names_file_line_and_what_was_expected() -> None:
 )
 def test_go_quote(text: str, quoted: str) -> None:
     assert go_quote(text) == quoted
+
+
+def test_invalid_utf8_names_the_line() -> None:
+    assert decode_dockerfile("FROM a\nLABEL x=\u2665\n".encode()) == "FROM a\nLABEL x=\u2665\n"
+    with pytest.raises(DockerfileError, match=r"^df:2: byte 0xff is not UTF-8"):
+        decode_dockerfile(b"FROM a\nRUN \xff\n", "df")
