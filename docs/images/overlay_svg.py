@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Source of docs/images/overlay.svg: the layers of an overlay mount and its merged view.
 
 Run ``python3 docs/images/overlay_svg.py`` from the repository root after changing the
