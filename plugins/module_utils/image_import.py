@@ -384,8 +384,14 @@ def import_image(
     check_mode: bool = False,
 ) -> ImportResult:
     """Import ``source`` into ``store`` as ``name``; see the module docstring."""
-    reference = str(parse_image_ref(name))
+    ref = parse_image_ref(name)
+    reference = str(ref)
     digest = source.digest
+    if ref.digest is not None and ref.digest != digest:
+        raise SourceError(
+            f"{source.description}: {name} pins manifest {ref.digest}, but the source's "
+            f"manifest is {digest}; drop the digest from the name or pick another source_ref"
+        )
     parse_manifest(source.manifest, source.media_type, what=f"manifest of {source.description}")
 
     # Gather: where the tag points now, and whether that image is complete.

@@ -648,6 +648,12 @@ class Store:
         )
 
         blob = self._layer_blob(layer, image)
+        if self.layer_path(layer.chain_id).exists():
+            # A directory without layer.json was not made by us (renames are atomic):
+            # move it out of the way rather than trusting or merging it.
+            stale = Path(tempfile.mkdtemp(prefix="stale-", dir=self.tmp_dir))
+            self.layer_path(layer.chain_id).rename(stale / "layer")
+            remove_tree(stale)
         work = Path(tempfile.mkdtemp(prefix=f"layer-{digest_hex(layer.chain_id)[:12]}-",
                                      dir=self.tmp_dir))  # fmt: skip
         try:

@@ -166,7 +166,14 @@ def test_module_unpack_flat_is_idempotent(images, run_module, tmp_path):
 
 def test_layers_format_stacks_in_kernel_overlay(images, tmp_path, overlay_mounts):
     store = tmp_path / "store"
+    # A stray directory where a layer goes (not made by the store) is replaced, not trusted.
+    engine_import(store, "other", "oci", images["other"]["oci"])
+    base_chain = Store(store).resolve("other").chain_ids[0]
+    Store(store).remove("other")
+    stray = store / "layers" / base_chain.split(":")[1]
+    (stray / "diff" / "junk").mkdir(parents=True)
     engine_import(store, "top", "oci", images["top"]["oci"])
+    assert not (stray / "diff" / "junk").exists()
     lowerdirs = engine_unpack(store, "top", None, "layers")
     image = Store(store).resolve("top")
     assert lowerdirs == [str(store / "layers" / c.split(":")[1] / "diff")

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
     SourceError,
+    import_image,
     open_source,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
@@ -23,7 +24,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
     parse_manifest,
     sha256_digest,
 )
-from ansible_collections.lapis.layers.plugins.module_utils.oci_store import BlobError
+from ansible_collections.lapis.layers.plugins.module_utils.oci_store import BlobError, Store
 
 
 def _layer(files: dict[str, bytes]) -> bytes:
@@ -230,3 +231,16 @@ def test_oci_archive_is_read_in_place(tmp_path):
     with source.open_blob(layer) as handle:
         assert handle.read() == L1
     source.close()
+
+
+def test_a_pinned_name_must_match_the_source_manifest(tmp_path):
+    layout = tmp_path / "layout"
+    digests = _layout(layout, [("x", L1)])
+    store = Store(tmp_path / "store")
+    wrong = "sha256:" + "1" * 64
+    with pytest.raises(SourceError, match=f"app@{wrong} pins manifest {wrong}, but the source"):
+        import_image(store, f"app@{wrong}", open_source("oci", str(layout)), check_mode=True)
+    result = import_image(store, f"app@{digests[0]}", open_source("oci", str(layout)),
+                          check_mode=True)  # fmt: skip
+    assert result.changed and result.reference == f"docker.io/library/app@{digests[0]}"
+    assert not store.exists()
