@@ -78,6 +78,7 @@ class OverlayExecutor:
 
     ``before_mount`` runs right before each mount, after the directories were created,
     so checks of new directories fail the run (and roll it back) before the kernel sees it.
+    ``explain_mount_failure`` returns the kernel's own words after a mount has failed.
     """
 
     def __init__(
@@ -86,11 +87,13 @@ class OverlayExecutor:
         fstab: str,
         backup: bool = False,
         before_mount: Callable[[], None] | None = None,
+        explain_mount_failure: Callable[[], list[str]] | None = None,
     ) -> None:
         self.run = run
         self.fstab = fstab
         self.backup = backup
         self.before_mount = before_mount
+        self.explain_mount_failure = explain_mount_failure
         self._created: list[str] = []
         self._fstab_original: str | None = None
         self._fstab_written = False
@@ -157,8 +160,12 @@ class OverlayExecutor:
 
     def _run_command(self, action: Action) -> None:
         result = self.run(list(action.command))
-        if result.rc != 0:
-            raise command_error(action, result)
+        if result.rc == 0:
+            return
+        kernel: list[str] = []
+        if action.kind == "mount" and self.explain_mount_failure is not None:
+            kernel = self.explain_mount_failure()
+        raise command_error(action, result, kernel)
 
     def _rollback(self) -> list[str]:
         undone: list[str] = []
@@ -173,11 +180,23 @@ class OverlayExecutor:
         return undone
 
 
-def command_error(action: Action, result: CommandResult) -> OverlayError:
-    """An error for a failed mount/unmount/remount command, with the likely cause."""
+def command_error(
+    action: Action, result: CommandResult, kernel: list[str] | None = None
+) -> OverlayError:
+    """An error for a failed mount/unmount/remount command, with the likely cause.
+
+    ``kernel`` holds the kernel's own messages about the failure, when it gave any.
+    """
     stderr = result.stderr.strip()
     first = stderr.splitlines()[0] if stderr else f"exit code {result.rc}"
-    details = {"rc": result.rc, "stdout": result.stdout, "stderr": result.stderr}
+    details: dict[str, object] = {"rc": result.rc, "stdout": result.stdout, "stderr": result.stderr}
+    if kernel:
+        details["kernel_messages"] = kernel
+        return OverlayError(
+            f"cannot {action.kind} overlay {action.target}: the kernel says: {'; '.join(kernel)}",
+            "Fix the option or layer it names",
+            **details,
+        )
     if action.kind == "unmount" and "busy" in stderr:
         return OverlayError(
             f"cannot unmount overlay {action.target}: the mount point is busy (EBUSY), a "

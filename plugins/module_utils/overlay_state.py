@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ansible_collections.lapis.layers.plugins.module_utils import fstab as fstab_file
+from ansible_collections.lapis.layers.plugins.module_utils.fs_context import (
+    overlay_failure_reason,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.mountinfo import (
     find_mount,
     live_overlay,
@@ -69,6 +72,11 @@ def preflight(request: Request, probe: bool) -> None:
         check_layers(request.spec, read_mountinfo(), probe=probe)
 
 
+def explain_failure(request: Request) -> list[str]:
+    """The kernel's messages about mounting the requested overlay."""
+    return overlay_failure_reason(request.spec) if request.spec is not None else []
+
+
 @contextlib.contextmanager
 def _fstab_lock(request: Request, check_mode: bool) -> Iterator[None]:
     if check_mode or request.state not in FSTAB_STATES:
@@ -91,7 +99,11 @@ def ensure_state(
         backup_file = None
         if decided.changed and not check_mode:
             executor = OverlayExecutor(
-                run, request.fstab, backup, before_mount=lambda: preflight(request, probe=True)
+                run,
+                request.fstab,
+                backup,
+                before_mount=lambda: preflight(request, probe=True),
+                explain_mount_failure=lambda: explain_failure(request),
             )
             backup_file = executor.apply(decided).backup_file
 

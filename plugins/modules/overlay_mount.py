@@ -33,7 +33,7 @@ options:
         C(lowerdir=) option. A file in an earlier directory hides the same path in a
         later one.
       - Required for O(state=mounted), O(state=ephemeral) and O(state=present).
-      - Paths may contain C(,), C(:), C(\\) and spaces; the module escapes them the way
+      - Paths may contain commas, colons, backslashes and spaces; the module escapes them the way
         the kernel expects.
     type: list
     elements: path

@@ -122,3 +122,13 @@ def test_command_error_names_the_cause(kind: str, stderr: str, message: str) -> 
 def test_busy_hint_quotes_the_path() -> None:
     error = command_error(Action("unmount", "/m x"), CommandResult(32, "", "target is busy"))
     assert "fuser -vm '/m x'" in error.hint
+
+
+def test_kernel_messages_replace_the_generic_text() -> None:
+    error = command_error(
+        Action("mount", "/m"),
+        CommandResult(32, "", "mount: /m: wrong fs type, bad option"),
+        ["overlay: Unknown parameter 'x'"],
+    )
+    assert "the kernel says: overlay: Unknown parameter 'x'" in error.msg
+    assert error.details["kernel_messages"] == ["overlay: Unknown parameter 'x'"]
