@@ -304,6 +304,8 @@ class Store:
         self.locks_dir = self.root / "locks"
         self.tmp_dir = self.root / "tmp"
         self._local = threading.local()
+        self.warnings: list[str] = []
+        """Degradations met while unpacking layers in this process (said once each)."""
 
     # -- set-up and locks -------------------------------------------------------------
 
@@ -664,6 +666,10 @@ class Store:
             except LayerError as exc:
                 raise StoreError(f"image {image}: layer {layer.digest}: {exc}") from exc
             self._check_layer_result(layer, image, result.diff_id, result.compressed_digest)
+            for warning in result.warnings:
+                text = f"image {image}: layer {layer.digest}: {warning}"
+                if text not in self.warnings:
+                    self.warnings.append(text)
             meta = {
                 "chain_id": layer.chain_id,
                 "diff_id": layer.diff_id,

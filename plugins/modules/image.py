@@ -233,15 +233,17 @@ def main() -> None:
         supports_check_mode=True,
     )
     name = module.params["name"]
+    store = Store(module.params["store"])
     try:
         reference = str(parse_image_ref(name))
-        store = Store(module.params["store"])
         if module.params["state"] == "present":
             result = ensure_present(module, store, reference)
         else:
             result = ensure_absent(module, store, reference)
     except ERRORS as exc:
         module.fail_json(msg=f"image {name}: {exc}")
+    for warning in store.warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -154,6 +154,8 @@ def main() -> None:
             lowerdirs = apply_unpack(store, plan)
     except ERRORS as exc:
         module.fail_json(msg=f"image_unpack {p['image']}: {exc}")
+    for warning in store.warnings:
+        module.warn(warning)
     result = {
         "changed": plan.changed,
         "image": plan.image.reference,
