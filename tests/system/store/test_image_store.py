@@ -436,3 +436,29 @@ def test_engine_errors_name_the_object(images, tmp_path):
         engine_import(store, "x", "oci", both, source_ref="third")
     picked = engine_import(store, "x", "oci", both, source_ref="other")
     assert picked.manifest_digest == _layout_digest(images["other"]["oci"])
+
+
+def _import_twice(store: Path, paths: list[Path]) -> None:
+    for path in paths:
+        engine_import(store, "top", "oci", path)
+
+
+def test_garbage_collection_during_imports_never_breaks_them(images, tmp_path):
+    """gc() in a loop (as concurrent state=absent runs would) while another process imports."""
+    store = tmp_path / "store"
+    Store(store).init()
+    ctx = multiprocessing.get_context("fork")
+    sources = [images["other"]["oci"], images["top"]["oci-zstd"]]
+    importer = ctx.Process(target=_import_twice, args=(store, sources))
+    importer.start()
+    collections = 0
+    while importer.is_alive():
+        Store(store).gc()
+        collections += 1
+    importer.join()
+    assert importer.exitcode == 0 and collections > 0
+    image = Store(store).resolve("top")
+    assert all(Store(store).has_blob(x.digest) for x in image.layers)
+    Store(store).gc()  # other's own layer is unreferenced now that top names the zstd image
+    assert Store(store).present_layers() == set(image.chain_ids)
+    assert snapshot(Path(engine_unpack(store, "top", None, "layers")[0])) != {}
