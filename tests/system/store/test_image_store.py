@@ -462,3 +462,23 @@ def test_garbage_collection_during_imports_never_breaks_them(images, tmp_path):
     Store(store).gc()  # other's own layer is unreferenced now that top names the zstd image
     assert Store(store).present_layers() == set(image.chain_ids)
     assert snapshot(Path(engine_unpack(store, "top", None, "layers")[0])) != {}
+
+
+def test_missing_layer_is_repaired_and_force_replaces_a_corrupted_blob(images, tmp_path):
+    store = tmp_path / "store"
+    engine_import(store, "top", "oci", images["top"]["oci"])
+    image = Store(store).resolve("top")
+
+    # A layer directory removed behind the store's back: the next import puts it back.
+    shutil.rmtree(store / "layers" / image.chain_ids[1].split(":")[1])
+    repaired = engine_import(store, "top", "oci", images["top"]["oci"])
+    assert repaired.changed and repaired.layers_unpacked == [image.chain_ids[1]]
+
+    # A layer blob corrupted on disk: only force re-hashes blobs, and replaces it.
+    blob = store / "oci/blobs/sha256" / image.layers[1].digest.split(":")[1]
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    assert not engine_import(store, "top", "oci", images["top"]["oci"]).changed
+    forced = engine_import(store, "top", "oci", images["top"]["oci"], force=True)
+    assert forced.changed and forced.blobs_added == [image.layers[1].digest]
+    assert blob.read_bytes() == good
