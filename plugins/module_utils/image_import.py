@@ -323,6 +323,34 @@ def _hash_member(reader: _Reader, name: str) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
+def blobs_in_store_source(
+    store: Store, manifest: bytes, media_type: str | None = None, description: str = ""
+) -> ImageSource:
+    """An ``ImageSource`` whose blobs are already in ``store`` (pulled or copied there).
+
+    ``import_image(store, name, blobs_in_store_source(store, manifest))`` then checks
+    every layer against the config's diff_ids, unpacks what is missing, stores the
+    manifest and writes the tag: the same guarantees as a local import.
+    """
+    doc = load_json(manifest, "manifest")
+
+    @contextlib.contextmanager
+    def open_blob(desc: Descriptor) -> Iterator[IO[bytes]]:
+        try:
+            handle = open(store.blob_path(desc.digest), "rb")  # noqa: SIM115 -- closed below
+        except FileNotFoundError:
+            raise SourceError(f"blob {desc.digest} is not in store {store.root}") from None
+        with handle:
+            yield handle
+
+    return ImageSource(
+        description=description or f"store {store.root}",
+        manifest=manifest,
+        media_type=manifest_media_type(doc, media_type),
+        open_blob=open_blob,
+    )
+
+
 def open_source(kind: str, path: str, source_ref: str | None = None) -> ImageSource:
     """Open an image source of ``kind`` (``oci``, ``oci-archive``, ``docker-archive``)."""
     location = Path(path)
@@ -472,4 +500,5 @@ def _drop_if_corrupt(store: Store, desc: Descriptor) -> None:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             hasher.update(chunk)
     if "sha256:" + hasher.hexdigest() != desc.digest:
-        path.unlink()
+        with store.lock(f"blob-{digest_hex(desc.digest)}"):
+            path.unlink(missing_ok=True)

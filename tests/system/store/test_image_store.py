@@ -15,6 +15,7 @@ from referencing.jsonschema import DRAFT4
 from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
     ImportResult,
     SourceError,
+    blobs_in_store_source,
     import_image,
     open_source,
 )
@@ -482,3 +483,34 @@ def test_missing_layer_is_repaired_and_force_replaces_a_corrupted_blob(images, t
     forced = engine_import(store, "top", "oci", images["top"]["oci"], force=True)
     assert forced.changed and forced.blobs_added == [image.layers[1].digest]
     assert blob.read_bytes() == good
+
+
+def test_blobs_already_in_the_store_are_checked_before_the_tag(images, tmp_path):
+    """What a pull or a fleet copy does: ingest blobs, then import from the store itself."""
+    first = tmp_path / "first"
+    engine_import(first, "top", "oci", images["top"]["oci"])
+    image = Store(first).resolve("top")
+    manifest = Store(first).read_blob(image.manifest_digest)
+    second = Store(tmp_path / "second")
+    for digest in [image.config_digest] + [x.digest for x in image.layers]:
+        second.ingest_blob(Store(first).blob_path(digest), digest)
+
+    # A config whose diff_id does not match the layer: refused, no tag, nothing unpacked.
+    config = dict(image.config)
+    config["rootfs"] = {"type": "layers", "diff_ids": [x.diff_id for x in image.layers[:1]]
+                        + ["sha256:" + "2" * 64]}  # fmt: skip
+    bad_config = json.dumps(config).encode()
+    bad_manifest = dict(image.manifest)
+    bad_manifest["config"] = {**image.manifest["config"], "digest": sha256_digest(bad_config),
+                              "size": len(bad_config)}  # fmt: skip
+    second.ingest_bytes(bad_config)
+    bad = blobs_in_store_source(second, json.dumps(bad_manifest).encode())
+    with pytest.raises(StoreError, match="diff_id"):
+        import_image(second, "top", bad)
+    assert second.tags() == {}
+    assert second.present_layers() == set()
+
+    result = import_image(second, "top", blobs_in_store_source(second, manifest))
+    assert result.changed and result.blobs_added == [image.manifest_digest]
+    assert result.layers_unpacked == image.chain_ids
+    assert second.resolve("top").manifest_digest == image.manifest_digest
