@@ -45,6 +45,11 @@ Read/write API for the other modules (container, registry, fleet copy)::
     store.release_container(container_name)  # drops the claim (then gc() may free)
     with store.lock(shared=True): ...        # the store lock, see below
 
+To add an image whose blobs a caller has ingested itself (a pull, a fleet copy), use
+``image_import.import_image(store, name, image_import.blobs_in_store_source(store,
+manifest_bytes))``: it checks every layer against the config's diff_ids and unpacks it
+before it writes the manifest and the tag, which ``put_manifest`` + ``tag`` alone do not.
+
 Locking: every writer holds ``locks/store.lock`` shared while it adds blobs, layers or
 tags (``image_import.import_image`` and ``use_image`` do this themselves; a caller that
 ingests blobs by hand and then tags must wrap the whole sequence in
