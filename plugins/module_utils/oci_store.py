@@ -632,7 +632,8 @@ class Store:
     def ensure_layer(self, layer: LayerInfo, verify: bool = False, image: str = "") -> bool:
         """Unpack one layer unless present; True when this call unpacked it."""
         hexid = digest_hex(layer.chain_id)
-        with self.lock(f"layer-{hexid}"):
+        self.init()
+        with self.lock(shared=True), self.lock(f"layer-{hexid}"):
             if self.has_layer(layer.chain_id):
                 if verify and layer.digest not in self.layer_metadata(layer.chain_id).get(
                     "blobs", []
