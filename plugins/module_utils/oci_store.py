@@ -107,6 +107,7 @@ CLAIM_FILE = "chain-ids"
 _CHUNK = 1 << 20
 _MAX_DOCUMENT = 8 << 20
 _LOCK_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+_SOURCE_HINT = "the source is damaged or was cut short: export, copy or fetch it again"
 
 
 class StoreError(Exception):
@@ -417,16 +418,24 @@ class Store:
                         break
                     count += len(chunk)
                     if size is not None and count > size:
-                        raise BlobError(f"blob {digest} is larger than its declared {size} bytes")
+                        raise BlobError(
+                            f"blob {digest} is larger than its declared {size} bytes; "
+                            f"{_SOURCE_HINT}"
+                        )
                     hasher.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             if size is not None and count != size:
-                raise BlobError(f"blob {digest} is truncated: {count} bytes read, {size} declared")
+                raise BlobError(
+                    f"blob {digest} is truncated: {count} bytes read, {size} declared; "
+                    f"{_SOURCE_HINT}"
+                )
             actual = "sha256:" + hasher.hexdigest()
             if actual != digest:
-                raise BlobError(f"blob {digest} is corrupted: its content has digest {actual}")
+                raise BlobError(
+                    f"blob {digest} is corrupted: its content has digest {actual}; {_SOURCE_HINT}"
+                )
             Path(tmp).chmod(0o644)
             Path(tmp).rename(target)
         except BaseException:
