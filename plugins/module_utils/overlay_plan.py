@@ -139,7 +139,7 @@ def plan(request: Request, gathered: Gathered, backend: OverlayBackend) -> Plan:
     entry = find_entry(gathered.fstab_lines or [], request.path)
     result.fstab_before = result.fstab_after = entry.render() if entry else ""
     result.mount_before = result.mount_after = _render_mount(gathered)
-    _refuse_foreign_mount(request, gathered)
+    _refuse_foreign_mount(request, gathered, backend)
     if request.state in ("mounted", "present"):
         _plan_fstab(request, gathered, result)
     if request.state in ("mounted", "ephemeral"):
@@ -161,14 +161,21 @@ def _render_mount(gathered: Gathered) -> str:
     return ""
 
 
-def _refuse_foreign_mount(request: Request, gathered: Gathered) -> None:
-    """Never unmount or stack over a mount that is not an overlay."""
-    mount = gathered.mount
-    if mount is None or gathered.live is not None or request.state == "present":
+def _refuse_foreign_mount(request: Request, gathered: Gathered, backend: OverlayBackend) -> None:
+    """Never unmount or stack over a mount that this backend did not make.
+
+    A FUSE overlay counts as foreign to the kernel backend: it has its own daemon.
+    """
+    mount, live = gathered.mount, gathered.live
+    if mount is None or request.state == "present":
         return
+    if live is not None and live.backend == backend.name:
+        return
+    kind = "not an overlay" if live is None else f"not a {backend.name} overlay"
     raise OverlayError(
-        f"{request.path} is a {mount.fstype} mount (source {mount.source}), not an overlay",
-        "Unmount it yourself or choose another path; overlay_mount only manages overlays",
+        f"{request.path} is a {mount.fstype} mount (source {mount.source}), {kind}",
+        f"Unmount it yourself or choose another path; this module manages {backend.name} "
+        "overlays only",
     )
 
 

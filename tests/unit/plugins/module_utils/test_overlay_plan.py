@@ -182,3 +182,10 @@ def test_duplicate_fstab_entries_are_collapsed() -> None:
     result = plan(request("present"), gathered(None, fstab), BACKEND)
     assert kinds(result) == ["write_fstab"]
     assert result.fstab_text == FSTAB_LINE + "\n"
+
+
+@pytest.mark.parametrize("state", ["mounted", "unmounted", "absent", "remounted"])
+def test_fuse_overlay_is_left_to_its_daemon(state: str) -> None:
+    fuse = "41 27 0:41 / /m rw - fuse.lapis-overlay lapis-overlay rw,user_id=0"
+    with pytest.raises(OverlayError, match=r"fuse.lapis-overlay mount .*not a kernel overlay"):
+        plan(request(state, force=True), gathered(fuse, FSTAB), BACKEND)
