@@ -12,6 +12,7 @@ file in the workdir (removed at once), and only when ``probe`` is true.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import tempfile
@@ -77,6 +78,7 @@ def check_layers(spec: OverlaySpec, entries: list[MountEntry], probe: bool) -> N
     if probe:
         namespace = "user" if "userxattr" in spec.options else "trusted"
         probe_xattrs(spec.upperdir, spec.workdir, namespace)
+        check_d_type(spec.upperdir, spec.workdir)
 
 
 def _require_dir(name: str, path: str, hint: str) -> None:
@@ -182,3 +184,61 @@ def _probe_error(upperdir: str, workdir: str, namespace: str, exc: OSError) -> O
             "Run as root, or add the userxattr option (user.* attributes, Linux 5.11+)",
         )
     return OverlayError(f"workdir {workdir}: cannot write a probe file: {exc.strerror}")
+
+
+class _Dirent64(ctypes.Structure):
+    """``struct dirent64`` of glibc and musl (the same layout on every Linux architecture)."""
+
+    _fields_ = (
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    )
+
+
+DT_UNKNOWN = 0
+
+
+def directory_types(directory: str) -> dict[str, int] | None:
+    """``d_type`` of each entry as readdir(3) reports it; ``None`` when libc cannot be used."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        opendir, readdir, closedir = libc.opendir, libc.readdir64, libc.closedir
+    except (OSError, AttributeError):
+        return None
+    opendir.restype = ctypes.c_void_p
+    readdir.argtypes = closedir.argtypes = (ctypes.c_void_p,)
+    readdir.restype = ctypes.POINTER(_Dirent64)
+    handle = opendir(os.fsencode(directory))
+    if not handle:
+        return None
+    types: dict[str, int] = {}
+    try:
+        while True:
+            entry = readdir(handle)
+            if not entry:
+                return types
+            types[os.fsdecode(entry.contents.d_name)] = entry.contents.d_type
+    finally:
+        closedir(handle)
+
+
+def check_d_type(upperdir: str, workdir: str) -> None:
+    """The upper file system must report file types in readdir (``d_type``).
+
+    Without it (xfs made with ftype=0) the kernel only warns, and whiteouts in the upper
+    layer stop working.  A probe directory in the workdir is listed and removed again.
+    """
+    probe = tempfile.mkdtemp(prefix=".lapis-dtype-", dir=workdir)
+    try:
+        types = directory_types(workdir)
+    finally:
+        Path(probe).rmdir()
+    if types is not None and types.get(Path(probe).name) == DT_UNKNOWN:
+        raise OverlayError(
+            f"upperdir {upperdir}: its file system does not report file types in directory "
+            "listings (d_type), which overlayfs needs to find whiteouts",
+            "Put upperdir and workdir on a file system with d_type (xfs needs ftype=1)",
+        )

@@ -17,7 +17,7 @@ description:
     replaced atomically, other lines and comments are kept as they are.
   - Checks the layers before mounting, so a failure names its cause (missing lower,
     upperdir and workdir on different file systems, workdir not empty or nested,
-    upper file system without extended attributes, kernel without overlay).
+    upper file system without extended attributes or C(d_type), kernel without overlay).
   - A failed mount restores the previous fstab and removes the directories the module
     created.
 options:
@@ -128,8 +128,11 @@ notes:
   - The kernel chooses the default of V(index), V(metacopy), V(nfs_export) and
     V(redirect_dir) from the overlay module parameters; the module reads them from
     C(/sys/module/overlay/parameters).
-  - The upper file system's C(d_type) support is not probed; on xfs with C(ftype=0) the
-    mount fails with the kernel's own message.
+  - The upper file system is probed for extended attributes and C(d_type) by writing a
+    file and a directory into the workdir (removed at once); check mode skips the probe.
+  - When the kernel refuses a mount for a reason not checked beforehand, the module asks
+    the kernel through the mount API (C(fsopen)/C(fsconfig), Linux 5.2+) and reports its
+    message; older kernels only give mount(8)'s generic text.
   - A failed re-mount with O(force) leaves the overlay unmounted; the old layers are not
     mounted again.
 seealso:

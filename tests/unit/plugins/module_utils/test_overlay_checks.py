@@ -20,12 +20,14 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
     build_spec,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_checks import (
+    check_d_type,
     check_kernel,
     check_layers,
     check_nesting,
     check_same_filesystem,
     check_upper_filesystem,
     check_workdir_empty,
+    directory_types,
     filesystem_type,
     kernel_has_overlay,
     missing_dirs,
@@ -178,3 +180,26 @@ def test_probe_reports_missing_xattr_support(layers: Path) -> None:
     # so the error names the workdir.
     with pytest.raises(OverlayError, match="workdir /proc"):
         probe_xattrs(str(layers / "upper"), "/proc", "trusted")
+
+
+def test_directory_types_match_the_entries(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to("file")
+    types = directory_types(str(tmp_path))
+    assert types is not None
+    # DT_DIR, DT_REG, DT_LNK from dirent.h; ext4 and tmpfs fill d_type in.
+    assert {name: types[name] for name in ("sub", "file", "link")} == {
+        "sub": 4,
+        "file": 8,
+        "link": 10,
+    }
+
+
+def test_d_type_check_passes_and_cleans_up(layers: Path) -> None:
+    check_d_type(str(layers / "upper"), str(layers / "work"))
+    assert list((layers / "work").iterdir()) == []
+
+
+def test_directory_types_of_a_missing_directory(tmp_path: Path) -> None:
+    assert directory_types(str(tmp_path / "missing")) is None
