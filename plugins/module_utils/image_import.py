@@ -14,12 +14,15 @@ what this import added and nothing else references.
 A docker-archive (``docker save``, ``skopeo copy ... docker-archive:``) has no manifest
 blob; the import writes an OCI manifest for it (canonical JSON, so the digest is the
 same on every import of the same archive), keeping the config and layer blobs as they
-are in the archive.
+are in the archive. A Docker schema2 manifest is stored in its OCI form for the same
+reason skopeo converts it when it writes a layout: tools reading OCI layouts skip
+entries with Docker media types.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -30,14 +33,17 @@ from pathlib import Path
 from typing import IO, Any, ContextManager, Union
 
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
+    DOCKER_MANIFEST,
     INDEX_TYPES,
     OCI_CONFIG,
     OCI_LAYER_FOR,
+    OCI_MANIFEST,
     REF_NAME,
     Descriptor,
     ManifestError,
     build_oci_manifest,
     digest_hex,
+    docker_to_oci_manifest,
     load_json,
     manifest_media_type,
     parse_index,
@@ -384,6 +390,7 @@ class ImportResult:
     blobs_added: list[str] = field(default_factory=list)
     layers_unpacked: list[str] = field(default_factory=list)
     image: StoredImage | None = None
+    source_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result fields a module returns."""
@@ -391,6 +398,7 @@ class ImportResult:
             "reference": self.reference,
             "manifest_digest": self.manifest_digest,
             "previous_digest": self.previous_digest,
+            "source_manifest_digest": self.source_digest,
             "blobs_added": list(self.blobs_added),
             "layers_unpacked": list(self.layers_unpacked),
         }
@@ -414,8 +422,13 @@ def import_image(
     """Import ``source`` into ``store`` as ``name``; see the module docstring."""
     ref = parse_image_ref(name)
     reference = str(ref)
+    original = source.digest
+    if source.media_type == DOCKER_MANIFEST:
+        source = dataclasses.replace(
+            source, manifest=docker_to_oci_manifest(source.manifest), media_type=OCI_MANIFEST
+        )
     digest = source.digest
-    if ref.digest is not None and ref.digest != digest:
+    if ref.digest is not None and ref.digest not in (digest, original):
         raise SourceError(
             f"{source.description}: {name} pins manifest {ref.digest}, but the source's "
             f"manifest is {digest}; drop the digest from the name or pick another source_ref"
@@ -432,12 +445,15 @@ def import_image(
 
     # Decide.
     if complete and not force:
-        return ImportResult(reference, digest, previous, changed=False)
-    if check_mode:
-        return ImportResult(reference, digest, previous, changed=previous != digest or not complete)
+        result = ImportResult(reference, digest, previous, changed=False)
+    elif check_mode:
+        result = ImportResult(reference, digest, previous, previous != digest or not complete)
 
     # Act.
-    return _commit(store, reference, source, previous, force)
+    else:
+        result = _commit(store, reference, source, previous, force)
+    result.source_digest = original if original != digest else None
+    return result
 
 
 def _commit(

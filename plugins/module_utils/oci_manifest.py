@@ -49,6 +49,12 @@ _LAYER_COMPRESSION = {
     DOCKER_LAYER_FOREIGN_GZIP: "gzip",
 }
 OCI_LAYER_FOR = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
+_OCI_FOR_DOCKER = {
+    DOCKER_CONFIG: OCI_CONFIG,
+    DOCKER_LAYER: OCI_LAYER,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_LAYER_FOREIGN_GZIP: "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
             "armv7l": "arm", "armv6l": "arm", "i386": "386", "i686": "386",
@@ -285,4 +291,30 @@ def build_oci_manifest(config: Descriptor, layers: Iterable[Descriptor]) -> byte
         "config": config.to_dict(),
         "layers": [layer.to_dict() for layer in layers],
     }
+    return canonical_json(doc)
+
+
+def docker_to_oci_manifest(data: bytes) -> bytes:
+    """The OCI form of a Docker schema2 manifest: same config and layer blobs, OCI media types.
+
+    Tools that read OCI layouts (skopeo, umoci) skip index entries whose manifest is not an
+    OCI one, so the store keeps Docker schema2 images in this form. The result is canonical
+    JSON, so converting the same manifest twice gives the same digest.
+    """
+    manifest = parse_manifest(data, DOCKER_MANIFEST)
+    if manifest.media_type != DOCKER_MANIFEST:
+        raise ManifestError(f"manifest {sha256_digest(data)} is not a Docker schema2 manifest")
+
+    def convert(desc: Descriptor) -> Descriptor:
+        media_type = _OCI_FOR_DOCKER.get(desc.media_type, desc.media_type)
+        return Descriptor(media_type, desc.digest, desc.size, desc.annotations)
+
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": convert(manifest.config).to_dict(),
+        "layers": [convert(layer).to_dict() for layer in manifest.layers],
+    }
+    if isinstance(manifest.doc.get("annotations"), dict):
+        doc["annotations"] = manifest.doc["annotations"]
     return canonical_json(doc)

@@ -81,6 +81,9 @@ notes:
     C(trusted.*) xattrs, which need C(CAP_SYS_ADMIN).
   - A docker-archive has no manifest; the store writes a canonical OCI manifest for it, so the
     manifest digest differs from the one a registry would show for the same image.
+  - A Docker schema2 manifest is stored as the equivalent OCI manifest (same config and layer
+    blobs), because tools that read OCI layouts skip Docker manifests. RV(manifest_digest) is
+    then the stored digest and RV(source_manifest_digest) the source's.
   - Pulling from a registry is not part of this module yet.
   - When the tagged manifest is an image index, the manifest for the host's platform is used.
 seealso:
@@ -120,6 +123,13 @@ manifest_digest:
   returned: always
   type: str
   sample: sha256:2bfd9dafcdb18e82e86b6a2360929b48ddda8af5d54bfd37fd70e01a1bc70afb
+source_manifest_digest:
+  description: Digest of the source's own manifest when the store keeps another form of it
+    (a Docker schema2 manifest is stored as the equivalent OCI manifest, which skopeo and
+    umoci can read); null when the stored manifest is the source's.
+  returned: when O(state=present)
+  type: str
+  sample: null
 previous_digest:
   description: Digest of the manifest that O(name) named before, or null.
   returned: always

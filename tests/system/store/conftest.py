@@ -16,6 +16,8 @@ Each image is exported as an OCI layout, an OCI archive and a docker-archive, an
 also as an OCI layout with zstd layers.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil

@@ -1,5 +1,7 @@
 """The image store against real peers: buildah-built images, skopeo, umoci, kernel overlay."""
 
+from __future__ import annotations
+
 import json
 import multiprocessing
 import os
@@ -328,14 +330,14 @@ def test_two_imports_at_once_end_with_one_correct_store(images, tmp_path):
     queue = ctx.Queue()
     procs = [ctx.Process(target=_import_in_child,
                          args=(store, images["top"]["oci-archive"], queue))
-             for _ in range(2)]  # fmt: skip
+             for _child in range(2)]  # fmt: skip
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(300)
         assert proc.exitcode == 0
-    results = [queue.get(timeout=5) for _ in procs]
-    assert any(changed for changed, _, _ in results)
+    results = [queue.get(timeout=5) for _proc in procs]
+    assert any(result[0] for result in results)
     # Each layer was unpacked by exactly one run, each blob written by exactly one run.
     unpacked = results[0][1] + results[1][1]
     assert sorted(unpacked) == sorted(Store(store).resolve("top").chain_ids)
@@ -514,3 +516,39 @@ def test_blobs_already_in_the_store_are_checked_before_the_tag(images, tmp_path)
     assert result.changed and result.blobs_added == [image.manifest_digest]
     assert result.layers_unpacked == image.chain_ids
     assert second.resolve("top").manifest_digest == image.manifest_digest
+
+
+def test_docker_schema2_manifest_in_a_layout(images, tmp_path):
+    """A Docker schema2 manifest is stored in OCI form, readable by skopeo, unpacked the same."""
+    layout = tmp_path / "docker-v2"
+    shutil.copytree(images["top"]["oci"], layout)
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs/sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json"
+    for layer in manifest["layers"]:
+        layer["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    data = json.dumps(manifest).encode()
+    (blobs / sha256_digest(data)[7:]).write_bytes(data)
+    index["manifests"][0].update(mediaType=manifest["mediaType"], digest=sha256_digest(data),
+                                 size=len(data))  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(index))
+
+    store = tmp_path / "store"
+    result = engine_import(store, "v2", "oci", layout)
+    # Stored in OCI form (skopeo skips Docker manifests in a layout), same config and layers.
+    assert result.source_digest == sha256_digest(data) != result.manifest_digest
+    image = Store(store).resolve("v2")
+    assert image.manifest_media_type == "application/vnd.oci.image.manifest.v1+json"
+    assert image.config_digest == manifest["config"]["digest"]
+    assert [x.digest for x in image.layers] == [x["digest"] for x in manifest["layers"]]
+    assert not engine_import(store, "v2", "oci", layout).changed
+    inspect = subprocess.run(["skopeo", "inspect", f"oci:{store}/oci:docker.io/library/v2:latest"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(inspect.stdout)["Digest"] == result.manifest_digest
+    engine_import(store, "top", "oci", images["top"]["oci"])
+    assert Store(store).resolve("top").chain_ids == image.chain_ids  # same layer directories
+    engine_unpack(store, "v2", tmp_path / "v2")
+    engine_unpack(store, "top", tmp_path / "top")
+    assert snapshot(tmp_path / "v2") == snapshot(tmp_path / "top")

@@ -1,5 +1,7 @@
 """Image sources: docker-archive conversion, OCI layouts and archives, picking an image."""
 
+from __future__ import annotations
+
 import gzip
 import io
 import json

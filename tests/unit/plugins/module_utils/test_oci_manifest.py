@@ -13,6 +13,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
     ManifestError,
     build_oci_manifest,
     chain_ids,
+    docker_to_oci_manifest,
     layer_compression,
     parse_config,
     parse_index,
@@ -138,3 +139,28 @@ def test_pick_platform(monkeypatch):
     assert pick_platform(parse_index(index), "x").digest == D2
     with pytest.raises(ManifestError, match="no manifest for platform linux/arm64"):
         pick_platform(parse_index(index)[:1], "x")
+
+
+def test_docker_manifest_to_oci_keeps_blobs_and_is_stable():
+    docker = json.dumps({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": D1, "size": 7},
+        "layers": [
+            {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": D2,
+             "size": 8},
+            {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+             "digest": D3, "size": 9, "urls": ["https://example.invalid/x"]},
+        ],
+    }).encode()  # fmt: skip
+    converted = docker_to_oci_manifest(docker)
+    assert converted == docker_to_oci_manifest(docker)
+    manifest = parse_manifest(converted)
+    assert manifest.media_type == OCI_MANIFEST
+    assert manifest.config == Descriptor(OCI_CONFIG, D1, 7)
+    assert [(x.media_type, x.digest, x.size) for x in manifest.layers] == [
+        (OCI_LAYER_GZIP, D2, 8),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", D3, 9),
+    ]
+    with pytest.raises(ManifestError, match="not a Docker schema2 manifest"):
+        docker_to_oci_manifest(converted)

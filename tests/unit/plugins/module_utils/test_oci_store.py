@@ -224,7 +224,7 @@ def test_gc_never_removes_layers_a_container_claims(tmp_path):
         (store.layer_path(chain) / "diff").mkdir(parents=True)
     store.register_container("web", image.chain_ids)
     assert (store.containers_dir / "web" / "chain-ids").read_text().split() == image.chain_ids
-    _, result = store.remove("a")
+    result = store.remove("a")[1]
     assert result.layers == []
     assert store.present_layers() == set(image.chain_ids)
     assert store.release_container("web") is True
