@@ -56,7 +56,7 @@ from ansible_collections.lapis.layers.tests.system.registry.conftest import (  #
 )
 
 PORT = 5036
-WORDS = [f"word{i:04d}" for i in range(4000)]
+WORDS = [f"word{i:03d}" for i in range(500)]
 
 
 def layer_files(seed: int, megabytes: int) -> dict[str, bytes | str]:
@@ -67,7 +67,7 @@ def layer_files(seed: int, megabytes: int) -> dict[str, bytes | str]:
     while total < megabytes << 20:
         size = rng.randint(4 << 10, 256 << 10)
         words = rng.choices(WORDS, k=size // 9)
-        noise = rng.randbytes(size // 40)
+        noise = rng.randbytes(size // 64)
         data = (" ".join(words)).encode() + noise
         files[f"usr/share/bench{seed}/d{index // 100:03d}/f{index:05d}"] = data
         total += len(data)
@@ -130,7 +130,9 @@ def main() -> None:
             ours = OciLayout(work / f"ours-{n}")
             figures["fetch"].append(timed(lambda o=ours: RegistryClient(options).pull(ref, o)))
             store = Store(work / f"store-{n}")
-            figures["store"].append(timed(lambda s=store: pull_to_store(s, str(ref), options)))
+            figures["store"].append(
+                timed(lambda s=store: pull_to_store(s, str(ref), options, unpack=False))
+            )
             image = store.resolve(str(ref))
             figures["unpack"].append(timed(lambda s=store, i=image: s.ensure_layers(i)))
             theirs = {p.name for p in (dest / "blobs/sha256").iterdir()}

@@ -14,6 +14,7 @@ one whose blobs are present. Unpacking layers is the caller's step
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -21,8 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import Descriptor
-from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
+from ansible_collections.lapis.layers.plugins.module_utils.image_import import is_complete
+from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
+    Descriptor,
+    ManifestError,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.oci_store import (
+    Store,
+    StoreError,
+    build_stored_image,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.registry_client import (
     INDEX_TYPES,
     Manifest,
@@ -30,6 +39,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_client impor
     RegistryClient,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.registry_reference import (
+    RegistryRef,
     parse_platform,
     parse_reference,
 )
@@ -111,6 +121,8 @@ class Transfer:
     bytes: int = 0
     resumed: int = 0
     seconds: float = 0.0
+    layers_unpacked: list[str] = field(default_factory=list)
+    blobs_added: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -125,7 +137,21 @@ class Transfer:
             "bytes": self.bytes,
             "resumed": self.resumed,
             "seconds": round(self.seconds, 3),
+            "layers_unpacked": self.layers_unpacked,
+            "blobs_added": self.blobs_added,
         }
+
+
+def _complete(store: Store, reference: str, unpack: bool) -> bool:
+    """Whether the image tagged ``reference`` has all its blobs (and layers, with ``unpack``)."""
+    try:
+        image = store.resolve(reference)
+    except (StoreError, ManifestError):
+        return False
+    if unpack:
+        return is_complete(store, image)
+    digests = [image.manifest_digest, image.config_digest] + [x.digest for x in image.layers]
+    return all(store.has_blob(d) for d in digests)
 
 
 def pull_to_store(
@@ -136,49 +162,88 @@ def pull_to_store(
     pull: str = "missing",
     platform: str | None = None,
     check_mode: bool = False,
+    unpack: bool = True,
 ) -> Transfer:
     """Make ``name`` present in ``store`` from its registry.
 
-    ``pull="missing"`` leaves an image the store already has alone (no network);
-    ``pull="always"`` re-resolves the tag and changes only when the digest moved.
+    ``pull="missing"`` leaves a complete image the store already has alone (no network);
+    ``pull="always"`` re-resolves the tag and changes only when the digest moved (or the
+    image was incomplete). With ``unpack`` the layers are unpacked into the layer cache
+    and checked against the config's diff_ids before the tag is written.
     """
     if pull not in PULL_POLICIES:
         raise ValueError(f"pull must be one of {', '.join(PULL_POLICIES)}, not {pull!r}")
     ref = parse_reference(name)
     wanted_platform = parse_platform(platform) if platform else None
     reference = str(ref)
-    current = store.lookup(reference)
-    if current is not None and (pull == "missing" or ref.digest):
-        return Transfer(False, reference, current.digest, current.digest)
 
+    # Gather: the tag in the store, then (unless that settles it) the registry's manifest.
+    current = store.lookup(reference)
+    previous = current.digest if current is not None else None
+    if previous and (pull == "missing" or ref.digest) and _complete(store, reference, unpack):
+        return Transfer(False, reference, previous, previous)
     client = RegistryClient(options)
     try:
         manifest, index, plat = client.resolve(ref, wanted_platform)
         config, layers = client.manifest_blobs(ref, manifest)
         digests = list(dict.fromkeys([config.digest, *(d.digest for d in layers)]))
         missing = [d for d in digests if not store.has_blob(d)]
-        previous = current.digest if current is not None else None
+
+        # Decide.
         result = Transfer(False, reference, manifest.digest, previous, platform=plat)
         result.index_digest = index.digest if index else None
-        if previous == manifest.digest and not missing and store.has_blob(manifest.digest):
+        if previous == manifest.digest and _complete(store, reference, unpack):
             return result
         result.changed = True
         result.blobs = {d: ("fetch" if d in missing else "present") for d in digests}
         result.actions = [f"pull {ref.name}@{manifest.digest}", f"tag {reference}"]
         if check_mode:
             return result
+
+        # Act.
         started = time.monotonic()
-        store.init()
-        with store.lock(shared=True):
-            pulled = client.pull_manifest(ref, StoreSink(store), manifest, index, plat)
-            desc = store.put_manifest(manifest.raw, manifest.media_type)
-            store.tag(reference, desc)
-        result.blobs = {d: ("fetched" if d in pulled.fetched else "present") for d in digests}
-        result.bytes, result.resumed = pulled.bytes_fetched, pulled.resumed
+        _act_pull(store, client, ref, (manifest, index, plat), result, unpack=unpack)
         result.seconds = time.monotonic() - started
         return result
     finally:
         client.close()
+
+
+def _act_pull(
+    store: Store,
+    client: RegistryClient,
+    ref: RegistryRef,
+    resolved: tuple[Manifest, Manifest | None, str],
+    result: Transfer,
+    *,
+    unpack: bool,
+) -> None:
+    """Fetch, unpack and tag; a failure removes what this run added (``gc(only=...)``)."""
+    manifest, index, plat = resolved
+    docs = [d.digest for d in (manifest, index) if d is not None and not store.has_blob(d.digest)]
+    created: list[str] = []
+    try:
+        store.init()
+        with store.lock(shared=True):
+            pulled = client.pull_manifest(ref, StoreSink(store), manifest, index, plat)
+            created += pulled.fetched + docs
+            result.blobs_added = pulled.fetched + docs
+            config = store.read_blob(str(manifest.json()["config"]["digest"]))
+            image = build_stored_image(result.reference, manifest.raw, manifest.media_type, config)
+            for layer in image.layers if unpack else ():
+                if store.ensure_layer(layer, verify=True, image=result.reference):
+                    result.layers_unpacked.append(layer.chain_id)
+                    created.append(layer.chain_id)
+            desc = store.put_manifest(manifest.raw, manifest.media_type)
+            store.tag(result.reference, desc)
+    except BaseException:
+        if created:
+            # The rollback must not hide the error; gc() re-checks what is referenced.
+            with contextlib.suppress(Exception):
+                store.gc(only=created)
+        raise
+    result.blobs = {d: ("fetched" if d in pulled.fetched else "present") for d in result.blobs}
+    result.bytes, result.resumed = pulled.bytes_fetched, pulled.resumed
 
 
 def _needed_blobs(store: Store, desc: Descriptor) -> list[str]:
@@ -246,3 +311,35 @@ def push_from_store(
         return result
     finally:
         client.close()
+
+
+def image_from_registry(
+    store: Store, reference: str, params: dict[str, Any], check_mode: bool
+) -> dict[str, Any]:
+    """``lapis.layers.image`` with ``source: registry``: its result dict (and diff).
+
+    Reads ``pull``, ``platform`` and the registry options (`REGISTRY_ARGUMENT_SPEC`)
+    from the module's ``params``.
+    """
+    done = pull_to_store(
+        store,
+        reference,
+        registry_options(params),
+        pull=params.get("pull") or "missing",
+        platform=params.get("platform"),
+        check_mode=check_mode,
+    )
+    return {
+        "changed": done.changed,
+        "reference": done.reference,
+        "manifest_digest": done.digest,
+        "previous_digest": done.previous_digest,
+        "blobs_added": done.blobs_added,
+        "layers_unpacked": done.layers_unpacked,
+        "index_digest": done.index_digest,
+        "platform": done.platform,
+        "diff": {
+            "before": {"reference": done.reference, "manifest_digest": done.previous_digest},
+            "after": {"reference": done.reference, "manifest_digest": done.digest},
+        },
+    }

@@ -53,6 +53,7 @@ def test_pull_into_store_then_idempotent_and_always(
 
     assert pulled.changed and pulled.digest == first["digest"]
     assert set(pulled.blobs.values()) == {"fetched"}
+    assert len(pulled.layers_unpacked) == 2 and first["digest"] in pulled.blobs_added
     assert not again.changed and not always.changed
     assert basic_registry.blob_gets("lapis/store") == gets
     image = store.resolve(name)
