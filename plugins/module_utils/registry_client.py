@@ -418,8 +418,13 @@ class RegistryClient:
         manifest: Manifest,
         index: Manifest | None = None,
         plat: str = "",
+        documents: bool = True,
     ) -> PullResult:
-        """Fetch the blobs of an already resolved manifest (see `resolve`) into ``sink``."""
+        """Fetch the blobs of an already resolved manifest (see `resolve`) into ``sink``.
+
+        With ``documents=False`` the manifest and index themselves are not written to the
+        sink (the image store stores the manifest itself, in OCI form).
+        """
         config, layers = self.manifest_blobs(ref, manifest)
         wanted: dict[str, Descriptor] = {}
         for desc in [config, *layers]:
@@ -431,7 +436,7 @@ class RegistryClient:
             self._download_all(ref, missing, sink, temps, stats)
             for desc in missing:
                 sink.commit_blob(desc.digest, temps.pop(desc.digest))
-            for doc in (manifest, index):
+            for doc in (manifest, index) if documents else ():
                 if doc is not None and not sink.has_blob(doc.digest):
                     temp = temps[doc.digest] = sink.temp_path()
                     temp.write_bytes(doc.raw)

@@ -8,8 +8,10 @@ what the store and the registry hold, decide whether anything changes (and stop
 there in check mode), then transfer. Both hold the store lock shared while they
 work, so garbage collection never removes a blob under them. The store records
 the platform manifest of a pulled image (not the registry's index): it is the
-one whose blobs are present. Unpacking layers is the caller's step
-(``Store.ensure_layers``).
+one whose blobs are present. A pull fetches the blobs, then hands them to
+``image_import.import_image`` (through ``blobs_in_store_source``), so a pulled
+image gets the checks of a local import: layers unpacked and matched against the
+config's diff_ids before the tag is written.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.lapis.layers.plugins.module_utils.image_import import is_complete
+from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
+    blobs_in_store_source,
+    import_image,
+    is_complete,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
+    DOCKER_MANIFEST,
     Descriptor,
     ManifestError,
+    docker_to_oci_manifest,
+    sha256_digest,
 )
-from ansible_collections.lapis.layers.plugins.module_utils.oci_store import (
-    Store,
-    StoreError,
-    build_stored_image,
-)
+from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
 from ansible_collections.lapis.layers.plugins.module_utils.registry_client import (
     INDEX_TYPES,
     Manifest,
@@ -123,6 +128,9 @@ class Transfer:
     seconds: float = 0.0
     layers_unpacked: list[str] = field(default_factory=list)
     blobs_added: list[str] = field(default_factory=list)
+    source_digest: str | None = None
+    fetch_seconds: float = 0.0
+    import_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,19 +147,25 @@ class Transfer:
             "seconds": round(self.seconds, 3),
             "layers_unpacked": self.layers_unpacked,
             "blobs_added": self.blobs_added,
+            "source_digest": self.source_digest,
+            "fetch_seconds": round(self.fetch_seconds, 3),
+            "import_seconds": round(self.import_seconds, 3),
         }
 
 
-def _complete(store: Store, reference: str, unpack: bool) -> bool:
-    """Whether the image tagged ``reference`` has all its blobs (and layers, with ``unpack``)."""
+def _complete(store: Store, reference: str) -> bool:
+    """Whether the image tagged ``reference`` has all its blobs and unpacked layers."""
     try:
-        image = store.resolve(reference)
+        return is_complete(store, store.resolve(reference))
     except (StoreError, ManifestError):
         return False
-    if unpack:
-        return is_complete(store, image)
-    digests = [image.manifest_digest, image.config_digest] + [x.digest for x in image.layers]
-    return all(store.has_blob(d) for d in digests)
+
+
+def stored_digest(manifest: Manifest) -> str:
+    """The digest the store gives ``manifest``: a Docker schema2 manifest is kept in OCI form."""
+    if manifest.media_type == DOCKER_MANIFEST:
+        return sha256_digest(docker_to_oci_manifest(manifest.raw))
+    return manifest.digest
 
 
 def pull_to_store(
@@ -162,14 +176,16 @@ def pull_to_store(
     pull: str = "missing",
     platform: str | None = None,
     check_mode: bool = False,
-    unpack: bool = True,
 ) -> Transfer:
-    """Make ``name`` present in ``store`` from its registry.
+    """Make ``name`` present in ``store`` from its registry (layers unpacked).
 
     ``pull="missing"`` leaves a complete image the store already has alone (no network);
     ``pull="always"`` re-resolves the tag and changes only when the digest moved (or the
-    image was incomplete). With ``unpack`` the layers are unpacked into the layer cache
-    and checked against the config's diff_ids before the tag is written.
+    image was incomplete). Blobs are fetched first (digests checked, nothing committed
+    unless all arrived), then imported like a local image: every layer is unpacked and
+    checked against the config's diff_ids before the tag is written. A failure removes
+    what this pull added. ``Transfer.digest`` is the stored manifest's digest (see
+    `stored_digest`), ``Transfer.source_digest`` the registry's when they differ.
     """
     if pull not in PULL_POLICIES:
         raise ValueError(f"pull must be one of {', '.join(PULL_POLICIES)}, not {pull!r}")
@@ -180,30 +196,29 @@ def pull_to_store(
     # Gather: the tag in the store, then (unless that settles it) the registry's manifest.
     current = store.lookup(reference)
     previous = current.digest if current is not None else None
-    if previous and (pull == "missing" or ref.digest) and _complete(store, reference, unpack):
+    if previous and (pull == "missing" or ref.digest) and _complete(store, reference):
         return Transfer(False, reference, previous, previous)
     client = RegistryClient(options)
     try:
         manifest, index, plat = client.resolve(ref, wanted_platform)
         config, layers = client.manifest_blobs(ref, manifest)
         digests = list(dict.fromkeys([config.digest, *(d.digest for d in layers)]))
-        missing = [d for d in digests if not store.has_blob(d)]
+        digest = stored_digest(manifest)
 
         # Decide.
-        result = Transfer(False, reference, manifest.digest, previous, platform=plat)
+        result = Transfer(False, reference, digest, previous, platform=plat)
         result.index_digest = index.digest if index else None
-        if previous == manifest.digest and _complete(store, reference, unpack):
+        result.source_digest = manifest.digest if manifest.digest != digest else None
+        if previous == digest and _complete(store, reference):
             return result
         result.changed = True
-        result.blobs = {d: ("fetch" if d in missing else "present") for d in digests}
+        result.blobs = {d: ("present" if store.has_blob(d) else "fetch") for d in digests}
         result.actions = [f"pull {ref.name}@{manifest.digest}", f"tag {reference}"]
         if check_mode:
             return result
 
         # Act.
-        started = time.monotonic()
-        _act_pull(store, client, ref, (manifest, index, plat), result, unpack=unpack)
-        result.seconds = time.monotonic() - started
+        _act_pull(store, client, ref, (manifest, plat), result)
         return result
     finally:
         client.close()
@@ -213,36 +228,38 @@ def _act_pull(
     store: Store,
     client: RegistryClient,
     ref: RegistryRef,
-    resolved: tuple[Manifest, Manifest | None, str],
+    resolved: tuple[Manifest, str],
     result: Transfer,
-    *,
-    unpack: bool,
 ) -> None:
-    """Fetch, unpack and tag; a failure removes what this run added (``gc(only=...)``)."""
-    manifest, index, plat = resolved
-    docs = [d.digest for d in (manifest, index) if d is not None and not store.has_blob(d.digest)]
-    created: list[str] = []
+    """Fetch the blobs, then import them (diff_id checks, unpacking, tag) as a local image.
+
+    A failure removes the blobs this run fetched unless something else references them.
+    """
+    manifest, plat = resolved
+    fetched: list[str] = []
     try:
         store.init()
+        started = time.monotonic()
+        # The shared lock keeps garbage collection off the fetched, not yet tagged blobs.
         with store.lock(shared=True):
-            pulled = client.pull_manifest(ref, StoreSink(store), manifest, index, plat)
-            created += pulled.fetched + docs
-            result.blobs_added = pulled.fetched + docs
-            config = store.read_blob(str(manifest.json()["config"]["digest"]))
-            image = build_stored_image(result.reference, manifest.raw, manifest.media_type, config)
-            for layer in image.layers if unpack else ():
-                if store.ensure_layer(layer, verify=True, image=result.reference):
-                    result.layers_unpacked.append(layer.chain_id)
-                    created.append(layer.chain_id)
-            desc = store.put_manifest(manifest.raw, manifest.media_type)
-            store.tag(result.reference, desc)
+            pulled = client.pull_manifest(ref, StoreSink(store), manifest, None, plat, False)
+            fetched = pulled.fetched
+            result.fetch_seconds = time.monotonic() - started
+            source = blobs_in_store_source(
+                store, manifest.raw, manifest.media_type, f"registry {ref.name}@{manifest.digest}"
+            )
+            imported = import_image(store, result.reference, source)
+        result.import_seconds = time.monotonic() - started - result.fetch_seconds
     except BaseException:
-        if created:
+        if fetched:
             # The rollback must not hide the error; gc() re-checks what is referenced.
             with contextlib.suppress(Exception):
-                store.gc(only=created)
+                store.gc(only=fetched)
         raise
-    result.blobs = {d: ("fetched" if d in pulled.fetched else "present") for d in result.blobs}
+    result.blobs = {d: ("fetched" if d in fetched else "present") for d in result.blobs}
+    result.blobs_added = list(dict.fromkeys(fetched + imported.blobs_added))
+    result.layers_unpacked = imported.layers_unpacked
+    result.previous_digest = imported.previous_digest
     result.bytes, result.resumed = pulled.bytes_fetched, pulled.resumed
 
 
@@ -316,10 +333,11 @@ def push_from_store(
 def image_from_registry(
     store: Store, reference: str, params: dict[str, Any], check_mode: bool
 ) -> dict[str, Any]:
-    """``lapis.layers.image`` with ``source: registry``: its result dict (and diff).
+    """``lapis.layers.image`` with ``source: registry``: the result fields of the pull.
 
     Reads ``pull``, ``platform`` and the registry options (`REGISTRY_ARGUMENT_SPEC`)
-    from the module's ``params``.
+    from the module's ``params``. The keys match those of a local import
+    (``ImportResult.to_dict``) plus what went over the network.
     """
     done = pull_to_store(
         store,
@@ -334,12 +352,17 @@ def image_from_registry(
         "reference": done.reference,
         "manifest_digest": done.digest,
         "previous_digest": done.previous_digest,
+        "source_manifest_digest": done.source_digest,
         "blobs_added": done.blobs_added,
         "layers_unpacked": done.layers_unpacked,
         "index_digest": done.index_digest,
         "platform": done.platform,
-        "diff": {
-            "before": {"reference": done.reference, "manifest_digest": done.previous_digest},
-            "after": {"reference": done.reference, "manifest_digest": done.digest},
+        "actions": done.actions,
+        "transfer": {
+            "blobs": done.blobs,
+            "bytes": done.bytes,
+            "resumed": done.resumed,
+            "fetch_seconds": round(done.fetch_seconds, 3),
+            "import_seconds": round(done.import_seconds, 3),
         },
     }

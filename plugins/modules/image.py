@@ -4,12 +4,16 @@
 
 DOCUMENTATION = r"""
 module: image
-short_description: Import an image into the host's image store, or remove it
+short_description: Pull or import an image into the host's image store, or remove it
 version_added: 0.1.0
 description:
-  - Imports a container image from an OCI image layout directory, an OCI archive or a
-    docker-archive (as written by C(docker save) or C(skopeo copy ... docker-archive:)) into
-    the image store of the managed host, and tags it with O(name).
+  - Pulls a container image from a registry over the OCI distribution API (no daemon), or
+    imports one from an OCI image layout directory, an OCI archive or a docker-archive (as
+    written by C(docker save) or C(skopeo copy ... docker-archive:)), into the image store of
+    the managed host, and tags it with O(name).
+  - A pull follows an image index to the manifest for the host's platform (or O(platform)),
+    skips every blob the store already has, downloads the others in parallel and resumes a
+    broken download with an HTTP C(Range) request where the registry allows it.
   - Manifest, config and every layer blob are checked against their digests and sizes, and
     every layer against the diff_id in the image config, before the tag becomes visible.
     A failed import leaves the store as it was.
@@ -25,6 +29,8 @@ options:
     description:
       - Reference under which the image is stored, for example V(alpine) (stored as
         C(docker.io/library/alpine:latest)), V(registry.example.com:5000/team/app:1.2).
+      - With O(source=registry) it is also what is pulled; V(NAME@sha256:...) pins the
+        manifest digest exactly.
     type: str
     required: true
   state:
@@ -36,16 +42,34 @@ options:
     default: present
   source:
     description:
-      - Kind of O(path). Required with O(state=present).
+      - Where the image comes from.
+      - V(registry) pulls O(name) from its registry. It is the default when O(path) is not
+        given.
       - V(oci) is an OCI image layout directory, V(oci-archive) a tar of one,
-        V(docker-archive) a C(docker save) tar (its layers may be uncompressed).
+        V(docker-archive) a C(docker save) tar (its layers may be uncompressed); these need
+        O(path).
     type: str
-    choices: [oci, oci-archive, docker-archive]
+    choices: [registry, oci, oci-archive, docker-archive]
   path:
     description:
-      - Path of the layout directory or archive on the managed host. Required with
-        O(state=present).
+      - Path of the layout directory or archive on the managed host, for the O(source) kinds
+        other than V(registry).
     type: path
+  pull:
+    description:
+      - With O(source=registry), V(missing) pulls only when the store lacks O(name) (or has it
+        incomplete); no network request is made otherwise.
+      - V(always) asks the registry which manifest the tag names now and pulls when it moved;
+        the task changes only when the digest moved.
+    type: str
+    choices: [missing, always]
+    default: missing
+  platform:
+    description:
+      - With O(source=registry), the platform to pick from an image index, as
+        V(OS/ARCH) or V(OS/ARCH/VARIANT) (V(linux/arm64), V(linux/arm/v7)). Default is the
+        managed host's platform.
+    type: str
   source_ref:
     description:
       - Which image of a layout or archive that holds several, by its
@@ -63,11 +87,12 @@ options:
 extends_documentation_fragment:
   - lapis.layers.attributes
   - lapis.layers.store
+  - lapis.layers.registry
 attributes:
   check_mode:
     support: full
-    details: The source is read (manifest and, for docker-archive, layer digests) but nothing
-      is written to the store.
+    details: The source is read (manifest and, for docker-archive, layer digests; for a
+      registry, the manifest) but nothing is written to the store.
   diff_mode:
     support: full
     details: Shows the manifest digest the tag names before and after.
@@ -84,14 +109,39 @@ notes:
   - A Docker schema2 manifest is stored as the equivalent OCI manifest (same config and layer
     blobs), because tools that read OCI layouts skip Docker manifests. RV(manifest_digest) is
     then the stored digest and RV(source_manifest_digest) the source's.
-  - Pulling from a registry is not part of this module yet.
   - When the tagged manifest is an image index, the manifest for the host's platform is used.
+  - A pull stores the platform manifest, not the registry's index, so pushing the image back
+    sends a single-platform image.
+  - A pull interrupted between runs starts over; only a download broken within one run is
+    resumed (up to O(retries) times).
+  - The registry options (O(username), O(auth_file), O(ca_path), O(insecure_registries),
+    O(retries), O(parallel)) only matter with O(source=registry).
 seealso:
+  - module: lapis.layers.image_push
   - module: lapis.layers.image_info
   - module: lapis.layers.image_unpack
 """
 
 EXAMPLES = r"""
+- name: Pull alpine (docker.io/library/alpine:3.20) for this host's platform
+  lapis.layers.image:
+    name: alpine:3.20
+
+- name: Pull from a private registry, following the tag when it moves
+  lapis.layers.image:
+    name: registry.example.com:5000/team/app:1.2
+    pull: always
+    username: deploy
+    password: "{{ vault_registry_password }}"
+    ca_path: /etc/pki/registry-ca.pem
+
+- name: Pull the arm64 image of a multi-platform tag, pinned by digest
+  lapis.layers.image:
+    name: "registry.example.com/tools/busybox@sha256:\
+      2bfd9dafcdb18e82e86b6a2360929b48ddda8af5d54bfd37fd70e01a1bc70afb"
+    platform: linux/arm64
+    auth_file: /root/.config/containers/auth.json
+
 - name: Import an image that skopeo exported as an OCI layout
   lapis.layers.image:
     name: registry.example.com/tools/busybox:1.36
@@ -160,11 +210,42 @@ removed_layers:
   type: list
   elements: str
   sample: []
+index_digest:
+  description: Digest of the image index the registry's tag named, when it named one (the
+    store keeps the platform manifest picked from it).
+  returned: when O(source=registry) and the registry was asked
+  type: str
+  sample: sha256:9d1d5e6a0c8e5ba0f3a3e49c7e9a5a6a8f3d7b9c2e1f0a4b6c8d0e2f4a6b8c0d
+platform:
+  description: The platform picked from the index (empty when the tag named a manifest).
+  returned: when O(source=registry)
+  type: str
+  sample: linux/amd64
+actions:
+  description: The transfers this run made (or would make, in check mode).
+  returned: when O(source=registry)
+  type: list
+  elements: str
+  sample:
+    - pull registry.example.com/team/app@sha256:2bfd...
+    - tag registry.example.com/team/app:1.2
+transfer:
+  description: What went over the network. RV(transfer.blobs) maps each config and layer
+    digest to V(fetched), V(present) (already in the store) or, in check mode, V(fetch).
+  returned: when O(source=registry)
+  type: dict
+  sample:
+    blobs: {"sha256:affd...": fetched}
+    bytes: 2791213
+    resumed: 0
+    fetch_seconds: 0.412
+    import_seconds: 0.318
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
+    SOURCES,
     SourceError,
     import_image,
     open_source,
@@ -175,33 +256,48 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_refs import (
     parse_image_ref,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
+from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
+    REGISTRY_ARGUMENT_SPEC,
+    image_from_registry,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_transport import (
+    RegistryError,
+)
 
-ERRORS = (InvalidReference, SourceError, StoreError, ManifestError, OSError)
+ERRORS = (InvalidReference, SourceError, StoreError, ManifestError, OSError, ValueError)
 
 
-def ensure_present(module: AnsibleModule, store: Store, reference: str) -> dict:
-    """Import the image unless the tag already names it; collect what a moved tag freed."""
+def import_local(module: AnsibleModule, store: Store, reference: str) -> dict:
+    """Import from a layout or archive unless the tag already names that image."""
     p = module.params
     source = open_source(p["source"], p["path"], p["source_ref"])
     try:
         result = import_image(store, reference, source, p["force"], module.check_mode)
     finally:
         source.close()
+    return {"changed": result.changed, **result.to_dict()}
+
+
+def ensure_present(module: AnsibleModule, store: Store, reference: str) -> dict:
+    """Pull or import the image unless the tag names it; collect what a moved tag freed."""
+    if module.params["source"] == "registry":
+        result = image_from_registry(store, reference, module.params, module.check_mode)
+    else:
+        result = import_local(module, store, reference)
     removed_blobs: list = []
     removed_layers: list = []
-    moved = result.previous_digest not in (None, result.manifest_digest)
+    moved = result["previous_digest"] not in (None, result["manifest_digest"])
     if moved and not module.check_mode:
         gc = store.gc()
         removed_blobs, removed_layers = gc.blobs, gc.layers
     return {
-        "changed": result.changed,
         "diff": {
-            "before": {"reference": reference, "manifest_digest": result.previous_digest},
-            "after": {"reference": reference, "manifest_digest": result.manifest_digest},
+            "before": {"reference": reference, "manifest_digest": result["previous_digest"]},
+            "after": {"reference": reference, "manifest_digest": result["manifest_digest"]},
         },
         "removed_blobs": removed_blobs,
         "removed_layers": removed_layers,
-        **result.to_dict(),
+        **result,
     }
 
 
@@ -233,16 +329,25 @@ def main() -> None:
         argument_spec={
             "name": {"type": "str", "required": True},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-            "source": {"type": "str", "choices": ["oci", "oci-archive", "docker-archive"]},
+            "source": {"type": "str", "choices": ["registry", *SOURCES]},
             "path": {"type": "path"},
             "source_ref": {"type": "str"},
             "force": {"type": "bool", "default": False},
             "store": {"type": "path", "default": "/var/lib/lapis"},
+            "pull": {"type": "str", "default": "missing", "choices": ["missing", "always"]},
+            "platform": {"type": "str"},
+            **REGISTRY_ARGUMENT_SPEC,
         },
-        required_if=[("state", "present", ("source", "path"))],
+        required_if=[("source", kind, ("path",)) for kind in SOURCES],
         supports_check_mode=True,
     )
     name = module.params["name"]
+    if module.params["source"] is None:
+        if module.params["path"] and module.params["state"] == "present":
+            module.fail_json(msg=f"image {name}: path needs source ({', '.join(SOURCES)})")
+        module.params["source"] = "registry"
+    elif module.params["source"] == "registry" and module.params["path"]:
+        module.fail_json(msg=f"image {name}: path is not used with source=registry; drop it")
     store = Store(module.params["store"])
     try:
         reference = str(parse_image_ref(name))
@@ -250,6 +355,8 @@ def main() -> None:
             result = ensure_present(module, store, reference)
         else:
             result = ensure_absent(module, store, reference)
+    except RegistryError as exc:
+        module.fail_json(msg=f"image {name}: pull failed: {exc}", error_kind=exc.kind)
     except ERRORS as exc:
         module.fail_json(msg=f"image {name}: {exc}")
     for warning in store.warnings:
