@@ -348,7 +348,7 @@ def plan(request: ContainerRequest, current: Current, after: dict[str, Any] | No
         actions.append("start")
     elif request.state == "stopped" and status in ACTIVE:
         actions.append("stop")
-    if not differs and request.state != "run":
+    if current.exists and not differs and request.state != "run":
         fields = []
     return Plan(actions, before, after, fields)
 

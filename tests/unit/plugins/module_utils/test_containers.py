@@ -1,5 +1,7 @@
 """Unit tests for the container planner and the runtime driver's parsers."""
 
+from __future__ import annotations
+
 import signal
 from pathlib import Path
 
@@ -81,6 +83,20 @@ def test_plan_changed_option_recreates_and_names_fields(state) -> None:
     assert the_plan.changed_fields == ["env", "memory"]
     assert the_plan.before["memory"] == 64 << 20
     assert the_plan.after["memory"] == 128 << 20
+
+
+@pytest.mark.parametrize("state", ["started", "stopped", "run"])
+def test_plan_new_container_names_every_field(state) -> None:
+    req = request(state)
+    the_plan = ct.plan(req, current(None), desired(req))
+    assert the_plan.changed_fields == sorted(desired(req))
+    assert the_plan.before == {}
+
+
+def test_plan_matching_container_names_no_field() -> None:
+    req = request()
+    the_plan = ct.plan(req, current("running", desired(req)), desired(req))
+    assert the_plan.changed_fields == []
 
 
 def test_plan_new_image_digest_recreates() -> None:

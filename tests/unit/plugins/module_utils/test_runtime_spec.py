@@ -1,5 +1,7 @@
 """Unit tests for runtime_spec: image config + options -> OCI runtime config.json."""
 
+from __future__ import annotations
+
 import json
 import resource
 from pathlib import Path
