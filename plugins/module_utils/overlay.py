@@ -381,6 +381,28 @@ def _strictatime_shown(flag: str, have: set[str]) -> bool:
     return flag == "strictatime" and not have.intersection(("noatime", "relatime"))
 
 
+def spec_from_live(live: LiveOverlay) -> OverlaySpec | None:
+    """A spec that mounts ``live`` again, or ``None`` when mountinfo does not say enough.
+
+    Used to put back an overlay that a forced re-mount took down.  Options the kernel
+    shows under another name are given back under the name it accepts.
+    """
+    if live.backend != "kernel" or not live.lowerdirs or live.datadirs:
+        return None
+    if (live.upperdir is None) != (live.workdir is None):
+        return None
+    accepted = {shown: given for given, shown in ALIASES.items()}
+    options = [accepted.get(option, option) for option in live.options]
+    options += [flag for flag in live.mount_options if flag in VFS_FLAGS and flag != "rw"]
+    return OverlaySpec(
+        path=normalize_path(live.mount_point),
+        lowerdirs=tuple(live.lowerdirs),
+        upperdir=live.upperdir,
+        workdir=live.workdir,
+        options=tuple(options),
+    )
+
+
 def render_live(live: LiveOverlay) -> str:
     """A live overlay in the same notation as :meth:`OverlaySpec.mount_data`, for diffs."""
     parts: list[str] = []

@@ -7,7 +7,8 @@
 kernel overlay.  A FUSE backend only has to provide the same three ``*_argv`` methods
 (see ``overlay_plan.OverlayBackend``).  :class:`OverlayExecutor` carries out a plan's actions
 through that backend and the fstab writer, and undoes what it did when a step fails:
-the previous fstab comes back and the directories it created are removed.
+an overlay that a forced re-mount took down is mounted again (the ``undo`` of its
+unmount), the previous fstab comes back and the directories it created are removed.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class OverlayExecutor:
         self.before_mount = before_mount
         self.explain_mount_failure = explain_mount_failure
         self._created: list[str] = []
+        self._undo: list[Action] = []
         self._fstab_original: str | None = None
         self._fstab_written = False
 
@@ -110,6 +112,8 @@ class OverlayExecutor:
                     exc.msg += f" (rolled back: {'; '.join(undone)})"
                 raise
             outcome.done.append(action)
+            if action.undo:
+                self._undo.append(action)
         return outcome
 
     def _step(self, action: Action, plan: Plan, outcome: Outcome) -> None:
@@ -169,6 +173,16 @@ class OverlayExecutor:
 
     def _rollback(self) -> list[str]:
         undone: list[str] = []
+        for action in reversed(self._undo):
+            result = self.run(list(action.undo))
+            if result.rc == 0:
+                undone.append(f"mounted the previous overlay on {action.target} again")
+            else:
+                undone.append(
+                    f"could not mount the previous overlay on {action.target} again: "
+                    f"{result.stderr.strip() or result.rc}"
+                )
+        self._undo.clear()
         if self._fstab_written:
             fstab_file.restore(self.fstab, self._fstab_original)
             undone.append(f"restored {self.fstab}")

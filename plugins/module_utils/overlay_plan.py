@@ -30,6 +30,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
     OverlaySpec,
     compare,
     render_live,
+    spec_from_live,
 )
 
 STATES = ("mounted", "ephemeral", "present", "unmounted", "absent", "remounted")
@@ -43,14 +44,16 @@ class Action:
     target: str
     command: tuple[str, ...] = ()
     reason: str = ""
+    undo: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        """The step as the module reports it."""
+        """The step as the module reports it (``undo`` runs only when a later step fails)."""
         return {
             "action": self.kind,
             "target": self.target,
             "command": list(self.command),
             "reason": self.reason,
+            "undo": list(self.undo),
         }
 
 
@@ -242,7 +245,10 @@ def _plan_replace(
             "force=true to unmount and mount again (nothing may be using the mount point)",
         )
     _plan_dirs(request, gathered, result)
-    result.actions.append(Action("unmount", spec.path, tuple(backend.unmount_argv(spec.path)), why))
+    previous = spec_from_live(gathered.live) if gathered.live is not None else None
+    undo = tuple(backend.mount_argv(previous)) if previous is not None else ()
+    unmount = tuple(backend.unmount_argv(spec.path))
+    result.actions.append(Action("unmount", spec.path, unmount, why, undo=undo))
     result.actions.append(Action("mount", spec.path, tuple(backend.mount_argv(spec)), why))
     result.mount_after = spec.mount_data()
 

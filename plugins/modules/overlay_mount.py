@@ -133,8 +133,9 @@ notes:
   - When the kernel refuses a mount for a reason not checked beforehand, the module asks
     the kernel through the mount API (C(fsopen)/C(fsconfig), Linux 5.2+) and reports its
     message; older kernels only give mount(8)'s generic text.
-  - A failed re-mount with O(force) leaves the overlay unmounted; the old layers are not
-    mounted again.
+  - When the new mount of a forced re-mount fails, the module mounts the previous layers
+    again from what the mount table showed; options the kernel did not show are not
+    restored.
 seealso:
   - module: lapis.layers.overlay_info
   - module: ansible.posix.mount
@@ -189,7 +190,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 actions:
-  description: The steps taken (or, in check mode, that would be taken), in order.
+  description:
+    - The steps taken (or, in check mode, that would be taken), in order.
+    - C(undo) is the command that puts a step back when a later step fails (the previous
+      overlay's mount command for the unmount of a forced re-mount).
   returned: always
   type: list
   elements: dict
@@ -198,10 +202,12 @@ actions:
       target: /etc/fstab
       command: []
       reason: entry added or changed
+      undo: []
     - action: mount
       target: /srv/app/merged
       command: [mount, -t, overlay, -o, "lowerdir=/a:/b,upperdir=/u,workdir=/w", overlay, /srv/m]
       reason: ""
+      undo: []
 overlay:
   description:
     - The wanted overlay; null for O(state=unmounted) or O(state=absent) without O(lowerdirs).

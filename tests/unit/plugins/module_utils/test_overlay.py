@@ -23,6 +23,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
     read_option_defaults,
     remount_flags,
     render_live,
+    spec_from_live,
 )
 
 DEFAULTS = {"index": "off", "metacopy": "off", "nfs_export": "off", "redirect_dir": "follow"}
@@ -242,3 +243,37 @@ def test_read_option_defaults(tmp_path: Path, values: dict, expected: dict) -> N
     for name, value in values.items():
         (tmp_path / name).write_text(f"{value}\n")
     assert read_option_defaults(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize(
+    ("super_options", "mount_options", "expected"),
+    [
+        (WRITABLE, "rw,relatime", "lowerdir=/a:/b,upperdir=/u,workdir=/w,uuid=on,relatime"),
+        (
+            WRITABLE + ",fsync=volatile",
+            "ro,nosuid",
+            "lowerdir=/a:/b,upperdir=/u,workdir=/w,uuid=on,volatile,ro,nosuid",
+        ),
+        ("ro,lowerdir=/a\\134\\072x:/b", "ro", "lowerdir=/a\\:x:/b,ro"),
+    ],
+)
+def test_spec_from_live_mounts_the_same_again(
+    super_options: str, mount_options: str, expected: str
+) -> None:
+    spec = spec_from_live(live(super_options, mount_options))
+    assert spec is not None
+    assert spec.mount_data() == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "41 27 0:41 / /m rw - fuse.lapis-overlay lapis-overlay rw,user_id=0",
+        "41 27 0:41 / /m rw - overlay overlay rw,lowerdir=/a::/data",
+        "41 27 0:41 / /m rw - overlay overlay rw,lowerdir=/a,upperdir=/u",
+    ],
+)
+def test_spec_from_live_refuses_what_it_cannot_rebuild(line: str) -> None:
+    found = live_overlay(parse_mountinfo_line(line))
+    assert found is not None
+    assert spec_from_live(found) is None

@@ -132,3 +132,27 @@ def test_kernel_messages_replace_the_generic_text() -> None:
     )
     assert "the kernel says: overlay: Unknown parameter 'x'" in error.msg
     assert error.details["kernel_messages"] == ["overlay: Unknown parameter 'x'"]
+
+
+def test_failed_mount_after_unmount_runs_the_undo(tmp_path: Path) -> None:
+    marker = tmp_path / "previous-mounted-again"
+    plan = Plan(
+        actions=[
+            Action("unmount", "/m", ("true",), undo=("touch", str(marker))),
+            Action("mount", "/m", ("false",)),
+        ]
+    )
+    with pytest.raises(OverlayError, match="mounted the previous overlay on /m again"):
+        OverlayExecutor(run, str(tmp_path / "fstab")).apply(plan)
+    assert marker.exists()
+
+
+def test_failed_undo_is_reported(tmp_path: Path) -> None:
+    plan = Plan(
+        actions=[
+            Action("unmount", "/m", ("true",), undo=("false",)),
+            Action("mount", "/m", ("false",)),
+        ]
+    )
+    with pytest.raises(OverlayError, match="could not mount the previous overlay on /m again"):
+        OverlayExecutor(run, str(tmp_path / "fstab")).apply(plan)

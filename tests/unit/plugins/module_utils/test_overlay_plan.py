@@ -117,6 +117,16 @@ def test_force_unmounts_and_mounts_again() -> None:
     result = plan(request("ephemeral", force=True), gathered(OTHER_LOWERS, None), BACKEND)
     assert kinds(result) == ["unmount", "mount"]
     assert "order differs" in result.actions[0].reason
+    previous = "lowerdir=/b:/a,upperdir=/u,workdir=/w"
+    assert result.actions[0].undo == (
+        "/bin/mount",
+        "-t",
+        "overlay",
+        "-o",
+        previous,
+        "overlay",
+        "/m",
+    )
 
 
 def test_flag_change_is_a_remount() -> None:
