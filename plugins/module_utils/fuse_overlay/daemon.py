@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from . import options as opts
 from .unionfs import HAS_PYFUSE3, UnionOperations, pyfuse3
@@ -113,14 +113,16 @@ def _setup_logging(logfile: str) -> None:
     root.setLevel(logging.INFO)
 
 
-async def _serve() -> None:
+async def _serve(mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    log.info("signal %d: unmounting", signum)
-                    pyfuse3.terminate()
+                    # A lazy unmount ends the FUSE session; pyfuse3.main() then returns.
+                    log.info("signal %d: unmounting %s", signum, mountpoint)
+                    cmd = ["fusermount3", "-u", "-z", mountpoint]
+                    await trio.run_process(cmd, check=False)
                     return
 
         nursery.start_soon(on_signal)
@@ -139,7 +141,7 @@ def serve(config: opts.OverlayConfig, run_dir: str, ready_fd: Optional[int]) -> 
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
-        trio.run(_serve)
+        trio.run(_serve, config.mountpoint)
         unmount = False if not _still_mounted(config.mountpoint) else unmount
     except BaseException:
         log.exception("daemon failed")
@@ -238,12 +240,3 @@ def _report(fd: int, exc: BaseException) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def run() -> Any:
-    """Console entry: exit with ``main()``'s status."""
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

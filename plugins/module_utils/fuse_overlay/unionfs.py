@@ -129,8 +129,8 @@ def _join(parent: str, name: str) -> str:
 
 
 def _split(path: str) -> Tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent, name
+    parent, sep, name = path.rpartition("/")
+    return (parent, name) if sep else ("", name)
 
 
 class UnionCore:
@@ -257,7 +257,8 @@ class UnionCore:
         return self.upper + "/" + path if path else self.upper
 
     def temp_name(self) -> str:
-        assert self.work is not None
+        if self.work is None:
+            raise OSError(errno.EROFS, "read-only union (no workdir)")
         return f"{self.work}/#lapis{os.getpid():x}-{next(self._tmp):x}"
 
     def copy_up(self, path: str) -> Entry:
@@ -265,7 +266,7 @@ class UnionCore:
         entry = self.require(path)
         if entry.layer == 0:
             return entry
-        parent_path, _ = _split(path)
+        parent_path = _split(path)[0]
         if path:
             self.copy_up(parent_path)
         target = self.upper_path(path)
@@ -285,7 +286,7 @@ class UnionCore:
         ``make(real_path)`` creates the object. Over a whiteout the object is built in the
         workdir and exchanged with the whiteout (directories there are made opaque).
         """
-        parent_path, _ = _split(path)
+        parent_path = _split(path)[0]
         self.copy_up(parent_path)
         target = self.upper_path(path)
         try:
@@ -327,7 +328,7 @@ class UnionCore:
 
     def remove(self, path: str, entry: Entry) -> None:
         """unlink/rmdir semantics: drop the upper object, whiteout when a lowerdir shows it."""
-        parent_path, _ = _split(path)
+        parent_path = _split(path)[0]
         if self.lower_positive(path):
             self.copy_up(parent_path)
             self.whiteout(path)
@@ -712,7 +713,15 @@ class UnionOperations(_Base):
         self.nodes[inode].copied_up = True
         self.core.place(path, lambda real: os.link(src.real, real, follow_symlinks=False))
         self.core.invalidate(src_path)
+        self._forget_cached_attrs(inode)
         return self._entry_reply(path)
+
+    def _forget_cached_attrs(self, inode: int) -> None:
+        """The kernel cached a lowerdir object's attributes for long; it is an upper one now."""
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        except OSError as exc:  # ENOENT: the kernel no longer knows the inode
+            log.debug("invalidate_inode(%d): %s", inode, exc)
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
