@@ -8,12 +8,20 @@
 ``dest`` and renamed over it when complete, so ``dest`` is never half-written. A small
 marker file beside ``dest`` (``.<name>.lapis-image.json``) records the image reference,
 manifest digest and format, which is how a second run knows there is nothing to do.
+Two runs writing the same ``dest`` at once take turns on a lock file beside it
+(``.<name>.lapis-lock``); the second finds the marker written and does nothing. The
+store is held shared meanwhile, so garbage collection cannot remove the layers being
+read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,13 +115,46 @@ def plan_unpack(
     return plan
 
 
-def apply_unpack(store: Store, plan: UnpackPlan) -> list[str]:
-    """Act on ``plan``; return the image's lowerdirs (topmost first)."""
-    lowerdirs = store.ensure_layers(plan.image)
-    if plan.dest is None or not plan.dest_changes:
-        return lowerdirs
-    dest = plan.dest
+def lock_path(dest: Path) -> Path:
+    """``<parent>/.<name>.lapis-lock``: taken by every run that writes ``dest``."""
+    return dest.parent / f".{dest.name}.lapis-lock"
+
+
+@contextlib.contextmanager
+def dest_lock(dest: Path) -> Iterator[None]:
+    """Hold the lock beside ``dest`` (flock, exclusive) while writing it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def apply_unpack(store: Store, plan: UnpackPlan) -> list[str]:
+    """Act on ``plan``; return the image's lowerdirs (topmost first).
+
+    When another run wrote the same image to ``dest`` meanwhile, ``plan.dest_changes``
+    becomes False and ``dest`` is left as it is.
+    """
+    with store.lock(shared=True):
+        lowerdirs = store.ensure_layers(plan.image)
+        if plan.dest is None or not plan.dest_changes:
+            return lowerdirs
+        with dest_lock(plan.dest):
+            if read_marker(plan.dest) == marker_doc(plan.image, plan.fmt) and plan.dest.is_dir():
+                plan.dest_changes = False
+                return lowerdirs
+            _write_dest(plan, lowerdirs)
+    return lowerdirs
+
+
+def _write_dest(plan: UnpackPlan, lowerdirs: list[str]) -> None:
+    """Build ``flat`` or ``bundle`` beside ``dest`` and rename it into place."""
+    dest = plan.dest
+    if dest is None:
+        return
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.lapis-tmp-", dir=dest.parent))
     try:
         if plan.fmt == "flat":
@@ -126,7 +167,6 @@ def apply_unpack(store: Store, plan: UnpackPlan) -> list[str]:
         write_atomic(marker_path(dest), json.dumps(marker_doc(plan.image, plan.fmt)).encode())
     finally:
         remove_tree(work)
-    return lowerdirs
 
 
 def _flatten(lowerdirs: list[str], rootfs: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import multiprocessing
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -288,6 +291,24 @@ def _swapped_layers(layout, manifest):
     _rewrite(layout, manifest, config)
 
 
+def _hostile_layer(layout, manifest):
+    """A well-formed top layer (right digest and diff_id) whose third member escapes."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tar:
+        for name, data in (("good/one", b"1" * 300_000), ("good/two", b"2"),
+                           ("good/../../escape", b"evil")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    blob = gzip.compress(plain.getvalue())
+    blobs = layout / "blobs/sha256"
+    (blobs / sha256_digest(blob)[7:]).write_bytes(blob)
+    manifest["layers"][-1].update(digest=sha256_digest(blob), size=len(blob))
+    config = json.loads((blobs / manifest["config"]["digest"][7:]).read_text())
+    config["rootfs"]["diff_ids"][-1] = sha256_digest(plain.getvalue())
+    _rewrite(layout, manifest, config)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -295,7 +316,9 @@ def _swapped_layers(layout, manifest):
         (_flip, "corrupted"),
         (_wrong_diff_id, "diff_id"),
         (_swapped_layers, "diff_id"),
+        (_hostile_layer, r"layer member 'good/\.\./\.\./escape': path escapes the root"),
     ],
+    ids=["truncated", "corrupted", "wrong-diff-id", "swapped-layers", "escaping-member"],
 )
 def test_bad_image_fails_clearly_and_leaves_store_unchanged(damage, message, images, tmp_path):
     store = tmp_path / "store"
@@ -313,6 +336,7 @@ def test_bad_image_fails_clearly_and_leaves_store_unchanged(damage, message, ima
     assert store_files(store) == before
     assert (store / "oci/index.json").read_bytes() == index_before
     assert list((store / "tmp").iterdir()) == []
+    assert not [p for p in tmp_path.rglob("escape") if p.read_bytes() == b"evil"]
 
 
 def test_module_reports_a_corrupted_blob(images, run_module, tmp_path):
@@ -354,6 +378,34 @@ def test_two_imports_at_once_end_with_one_correct_store(images, tmp_path):
     assert len(list((store / "layers").iterdir())) == 2
     assert list((store / "tmp").iterdir()) == []
     assert not engine_import(store, "top", "oci-archive", images["top"]["oci-archive"]).changed
+
+
+def _unpack_flat_in_child(store: Path, dest: Path, planned, results) -> None:
+    plan = plan_unpack(Store(store), "top", "flat", str(dest))
+    planned.wait(60)  # both runs have decided to write dest before either acts
+    apply_unpack(Store(store), plan)
+    results.put(plan.dest_changes)
+
+
+def test_two_flat_unpacks_at_once_write_dest_once(images, tmp_path):
+    """Two processes unpack the same image to the same dest: one writes it, one waits."""
+    store = tmp_path / "store"
+    engine_import(store, "top", "oci", images["top"]["oci"])
+    dest = tmp_path / "out" / "flat"
+    ctx = multiprocessing.get_context("fork")
+    planned, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_unpack_flat_in_child, args=(store, dest, planned, queue))
+             for _child in range(2)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(300)
+        assert proc.exitcode == 0
+    assert sorted(queue.get(timeout=5) for _proc in procs) == [False, True]
+    engine_unpack(store, "top", tmp_path / "reference")
+    assert snapshot(dest) == snapshot(tmp_path / "reference")
+    assert sorted(p.name for p in dest.parent.iterdir()) == [
+        ".flat.lapis-image.json", ".flat.lapis-lock", "flat"]  # fmt: skip
 
 
 def test_shared_base_layers_and_absent_gc(images, run_module, tmp_path):
