@@ -305,8 +305,8 @@ def compare(spec: OverlaySpec, live: LiveOverlay, defaults: dict[str, str]) -> M
 
 def _layer_changes(spec: OverlaySpec, live: LiveOverlay) -> tuple[str, ...]:
     changes: list[str] = []
-    if live.backend != "kernel":
-        changes.append(f"mounted by {live.fstype}, not by the kernel overlay")
+    if live.lowerdirs is None:
+        changes.append(f"mounted by {live.fstype}, whose layers are not known")
         return tuple(changes)
     live_lowers = tuple(normalize_path(path) for path in live.lowerdirs or ())
     if live_lowers != spec.lowerdirs:

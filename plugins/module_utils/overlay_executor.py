@@ -27,6 +27,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay import (
     OverlayError,
     OverlaySpec,
 )
+from ansible_collections.lapis.layers.plugins.module_utils.overlay_checks import check_kernel
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_plan import Action, Plan
 
 
@@ -64,6 +65,14 @@ class KernelOverlay:
         """``mount -o remount,FLAGS PATH``, with fstab and mtab options left out."""
         options = ",".join(("remount", *flags))
         return [self.mount_bin, "--options-source", "disable", "-o", options, path]
+
+    def fstab_entry(self, spec: OverlaySpec) -> fstab_file.FstabEntry:
+        """``overlay PATH overlay OPTIONS 0 0``."""
+        return spec.fstab_entry()
+
+    def check_host(self) -> None:
+        """The running kernel must have overlayfs."""
+        check_kernel()
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ansible_collections.lapis.layers.plugins.module_utils.fstab import (
+    FstabEntry,
     FstabLine,
     find_entry,
     render_fstab,
@@ -97,6 +98,12 @@ class OverlayBackend(Protocol):
     def remount_argv(self, path: str, flags: tuple[str, ...]) -> list[str]:
         """Command that changes the per-mount flags of ``path``."""
 
+    def fstab_entry(self, spec: OverlaySpec) -> FstabEntry:
+        """The fstab entry that persists ``spec``."""
+
+    def check_host(self) -> None:
+        """Raise :class:`OverlayError` when this host cannot mount with this backend."""
+
 
 @dataclass
 class Plan:
@@ -144,7 +151,7 @@ def plan(request: Request, gathered: Gathered, backend: OverlayBackend) -> Plan:
     result.mount_before = result.mount_after = _render_mount(gathered)
     _refuse_foreign_mount(request, gathered, backend)
     if request.state in ("mounted", "present"):
-        _plan_fstab(request, gathered, result)
+        _plan_fstab(request, gathered, backend, result)
     if request.state in ("mounted", "ephemeral"):
         _plan_mount(request, gathered, backend, result)
     elif request.state in ("unmounted", "absent"):
@@ -182,9 +189,11 @@ def _refuse_foreign_mount(request: Request, gathered: Gathered, backend: Overlay
     )
 
 
-def _plan_fstab(request: Request, gathered: Gathered, result: Plan) -> None:
+def _plan_fstab(
+    request: Request, gathered: Gathered, backend: OverlayBackend, result: Plan
+) -> None:
     spec = _require_spec(request)
-    wanted = spec.fstab_entry()
+    wanted = backend.fstab_entry(spec)
     lines = gathered.fstab_lines or []
     if find_entry(lines, request.path) == wanted and _single_entry(lines, request.path):
         return

@@ -19,7 +19,11 @@ from ansible_collections.lapis.layers.plugins.module_utils import fstab as fstab
 from ansible_collections.lapis.layers.plugins.module_utils.fs_context import (
     overlay_failure_reason,
 )
+from ansible_collections.lapis.layers.plugins.module_utils.fuse_overlay.backend import (
+    describe_live,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.mountinfo import (
+    LiveOverlay,
     find_mount,
     live_overlay,
     read_mountinfo,
@@ -58,17 +62,26 @@ def gather(request: Request) -> Gathered:
         lines = fstab_file.parse_fstab(fstab_file.read_text(request.fstab) or "")
     return Gathered(
         mount=mount,
-        live=live_overlay(mount) if mount is not None else None,
+        live=describe_live(live_overlay(mount)) if mount is not None else None,
         fstab_lines=lines,
         missing_dirs=tuple(missing_dirs(request.spec)) if request.spec else (),
         option_defaults=read_option_defaults(),
     )
 
 
-def preflight(request: Request, probe: bool) -> None:
-    """Check the kernel and the layers before a mount (``probe`` writes a test xattr)."""
+def find_live(path: str) -> LiveOverlay | None:
+    """The overlay mounted on ``path`` now (a fuse one with its daemon's layers), if any."""
+    mount = find_mount(read_mountinfo(), path)
+    return describe_live(live_overlay(mount)) if mount is not None else None
+
+
+def preflight(request: Request, probe: bool, backend: OverlayBackend | None = None) -> None:
+    """Check the host and the layers before a mount (``probe`` writes a test xattr)."""
     if request.spec is not None:
-        check_kernel()
+        if backend is None:
+            check_kernel()
+        else:
+            backend.check_host()
         check_layers(request.spec, read_mountinfo(), probe=probe)
 
 
@@ -94,21 +107,23 @@ def ensure_state(
         decided = plan(request, gather(request), backend)
         mounts = any(action.kind == "mount" for action in decided.actions)
         if mounts:
-            preflight(request, probe=False)  # what can be checked before anything is created
+            # what can be checked before anything is created
+            preflight(request, probe=False, backend=backend)
 
         backup_file = None
+        explain = (lambda: explain_failure(request)) if backend.name == "kernel" else None
         if decided.changed and not check_mode:
             executor = OverlayExecutor(
                 run,
                 request.fstab,
                 backup,
-                before_mount=lambda: preflight(request, probe=True),
-                explain_mount_failure=lambda: explain_failure(request),
+                before_mount=lambda: preflight(request, probe=True, backend=backend),
+                explain_mount_failure=explain,
             )
             backup_file = executor.apply(decided).backup_file
 
     after = find_mount(read_mountinfo(), request.path)
-    live_after = live_overlay(after) if after is not None else None
+    live_after = describe_live(live_overlay(after)) if after is not None else None
     result: dict[str, Any] = {
         "changed": decided.changed,
         "path": request.path,

@@ -9,8 +9,11 @@ module: overlay_mount
 short_description: Mount, persist, remount and remove Linux overlay file systems
 version_added: 0.1.0
 description:
-  - Manages a kernel overlay mount on O(path) made of read-only lower directories and,
+  - Manages an overlay mount on O(path) made of read-only lower directories and,
     optionally, a writable upper directory with its work directory.
+  - The overlay is mounted by the kernel's overlayfs or by the collection's own FUSE
+    daemon (O(backend)), which writes the same on-disk format, so either can mount an
+    upper directory the other one wrote.
   - Compares the wanted overlay with the live mount table (C(/proc/self/mountinfo)), that
     is the order of O(lowerdirs), O(upperdir), O(workdir) and the options.
   - Persists the overlay as an entry in O(fstab) (default C(/etc/fstab)); the file is
@@ -91,6 +94,28 @@ options:
       - When the mount then fails, the directories created by this run are removed.
     type: bool
     default: true
+  backend:
+    description:
+      - V(kernel) mounts the kernel's overlayfs.
+      - V(fuse) mounts the collection's FUSE overlay (C(fuse.lapis-overlay)), written with
+        pyfuse3. The module installs the daemon to C(/usr/local/lib/lapis-layers), a
+        launcher C(/usr/local/bin/lapis-overlay) and the mount helper
+        C(/sbin/mount.fuse.lapis-overlay) for the Python that runs it, so
+        C(mount -t fuse.lapis-overlay) and fstab entries work. The daemon outlives the
+        task and is found again by later runs through its state file in
+        C(/run/lapis-layers/fuse-overlay).
+      - V(auto) keeps the backend of an overlay already mounted on O(path); otherwise it
+        uses the kernel when the kernel has overlayfs, the module runs as root and the
+        layers pass the kernel's checks, and fuse when not. RV(backend_reason) says why.
+    type: str
+    choices: [kernel, fuse, auto]
+    default: kernel
+  logfile:
+    description:
+      - The file the FUSE daemon logs to (O(backend=fuse) only).
+      - Defaults to C(/var/log/lapis-layers/fuse-overlay-<hash of path>.log); RV(fuse.logfile)
+        names the file used.
+    type: path
   force:
     description:
       - Allow unmounting and mounting again when the mounted overlay has other lower
@@ -119,9 +144,16 @@ attributes:
     support: full
     platforms: Linux (overlayfs)
 notes:
-  - Only kernel overlayfs is managed. FUSE overlays (for example C(fuse-overlayfs)) are
-    recognised in the mount table but never unmounted or replaced; the module refuses
-    them as it refuses any other file system mounted on O(path).
+  - With O(backend=kernel), FUSE overlays on O(path) are refused like any other foreign
+    mount. With O(backend=fuse), a C(fuse-overlayfs) mount on O(path) counts as an overlay
+    with unknown layers, so only O(force=true) replaces it.
+  - The fuse backend accepts the overlay options V(userxattr) and V(volatile) and the
+    per-mount flags; other overlay options (V(index=on), V(redirect_dir=on),
+    V(metacopy=on) ...) are refused. Without V(redirect_dir), renaming a directory that
+    has lower parts fails with C(EXDEV), as in the kernel; C(mv) then copies.
+  - The fuse backend's layers are read from the daemon's state file, not from the mount
+    table. A fuse overlay whose daemon was killed shows as C(fuse.lapis-overlay) with
+    unknown layers; unmount it (O(state=unmounted)) and mount it again.
   - The kernel does not show every option in the mount table. Options it hides when
     they are at their default, or drops when they are useless (V(xino=on) on a single
     file system, V(uuid)), cannot be compared and are taken as in effect.
@@ -180,6 +212,16 @@ EXAMPLES = r"""
     workdir: /srv/app/work
     options: [ro]
     state: remounted
+
+- name: The same union through the FUSE backend (for example where the kernel lacks overlayfs)
+  lapis.layers.overlay_mount:
+    path: /srv/app/merged
+    lowerdirs: [/srv/app/layers/config, /srv/app/layers/base]
+    upperdir: /srv/app/upper
+    workdir: /srv/app/work
+    backend: auto
+    logfile: /var/log/app-overlay.log
+  register: app_overlay   # app_overlay.backend and .backend_reason say which and why
 
 - name: Unmount and forget the overlay, keeping a copy of the old fstab
   lapis.layers.overlay_mount:
@@ -256,10 +298,30 @@ fstab:
   type: str
   sample: /etc/fstab
 backend:
-  description: What mounts the overlay; V(kernel) for now.
+  description: What mounts the overlay, V(kernel) or V(fuse) (the choice for O(backend=auto)).
   returned: always
   type: str
   sample: kernel
+backend_reason:
+  description: Why that backend was used.
+  returned: always
+  type: str
+  sample: the kernel has overlayfs and the layers pass its checks
+fuse:
+  description:
+    - The fuse backend's daemon and files, when the fuse backend was used.
+    - C(installed) lists the daemon files written (or, in check mode, to be written).
+    - C(daemon) has the C(pid), C(logfile) and C(started) time of the daemon serving
+      O(path) after the run, or is null when none runs.
+  returned: when the fuse backend was used
+  type: dict
+  sample:
+    logfile: /var/log/lapis-layers/fuse-overlay-mnt-0123456789abcdef0123.log
+    installed: []
+    daemon:
+      pid: 4242
+      logfile: /var/log/lapis-layers/fuse-overlay-mnt-0123456789abcdef0123.log
+      started: 1767225600.0
 backup_file:
   description: The copy of O(fstab) made before it was changed.
   returned: when O(backup=true) and the fstab was changed
@@ -269,6 +331,13 @@ backup_file:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lapis.layers.plugins.module_utils.fuse_overlay.backend import (
+    BACKENDS,
+    FuseOverlay,
+    daemon_info,
+    install_daemon,
+    select_backend,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.overlay import OverlayError
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_executor import (
     CommandResult,
@@ -277,6 +346,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay_executor impo
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_plan import STATES
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_state import (
     ensure_state,
+    find_live,
     make_request,
 )
 
@@ -291,6 +361,8 @@ ARGUMENT_SPEC = {
     "backup": {"type": "bool", "default": False},
     "create_dirs": {"type": "bool", "default": True},
     "force": {"type": "bool", "default": False},
+    "backend": {"type": "str", "choices": list(BACKENDS), "default": "kernel"},
+    "logfile": {"type": "path"},
 }
 
 
@@ -310,12 +382,28 @@ def main() -> None:
         rc, out, err = module.run_command(argv)
         return CommandResult(rc, out, err)
 
-    backend = KernelOverlay(module.get_bin_path("mount", True), module.get_bin_path("umount", True))
+    mount_bin = module.get_bin_path("mount", True)
+    kernel = KernelOverlay(mount_bin, module.get_bin_path("umount", True))
+    fuse = FuseOverlay(mount_bin, logfile=module.params["logfile"])
     try:
         request = make_request(module.params)
+        live = find_live(request.path)
+        requested = module.params["backend"]
+        backend, why = select_backend(
+            requested, request.spec, live, module.check_mode, kernel=kernel, fuse=fuse
+        )
+        installed = install_daemon(module.check_mode) if backend is fuse else []
         result = ensure_state(request, backend, run, module.check_mode, module.params["backup"])
     except OverlayError as exc:
         module.fail_json(msg=exc.message(), **exc.details)
+    result["backend_reason"] = why
+    if backend is fuse:
+        result["changed"] = result["changed"] or bool(installed)
+        result["fuse"] = {
+            "logfile": fuse.logfile_for(request.path),
+            "installed": installed,
+            "daemon": daemon_info(request.path),
+        }
     module.exit_json(**result)
 
 

@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
+from . import install
 from . import options as opts
 from .unionfs import HAS_PYFUSE3, UnionOperations, pyfuse3
 
@@ -197,6 +199,9 @@ def _wait_ready(read_fd: int, pid: int) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``lapis-overlay`` and ``mount.fuse.lapis-overlay``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    run_dir = os.environ.get("LAPIS_OVERLAY_RUN_DIR", opts.RUN_DIR)
+    if args[:1] == ["--unmount"] and len(args) == 2:
+        return unmount(args[1], run_dir)
     try:
         helper = opts.parse_helper_argv(args)
         config = opts.build_config(str(Path(helper.mountpoint).absolute()), helper.options)
@@ -207,12 +212,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"lapis-overlay: {exc}\n")
         return 1
     config.logfile = config.logfile or opts.default_logfile(config.mountpoint)
-    run_dir = os.environ.get("LAPIS_OVERLAY_RUN_DIR", opts.RUN_DIR)
     os.umask(0)
     if helper.foreground:
         _setup_logging(config.logfile)
         return serve(config, run_dir, None)
     return _fork_and_serve(config, run_dir)
+
+
+def unmount(mountpoint: str, run_dir: str) -> int:
+    """``lapis-overlay --unmount PATH``: umount(8), then wait until the daemon has exited.
+
+    The daemon exits by itself once its mount is gone; one that does not (another mount
+    namespace still holds the mount) gets SIGTERM, then SIGKILL, and a warning.
+    """
+    path = os.path.normpath(str(Path(mountpoint).absolute()))
+    state = install.daemon_state(path, run_dir)
+    proc = subprocess.run(["umount", path], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr or f"umount {path}: exit code {proc.returncode}\n")
+        return proc.returncode
+    if state is not None and not install.wait_for_exit(state["pid"]):
+        sys.stderr.write(
+            f"lapis-overlay: the daemon {state['pid']} of {path} did not exit after the "
+            "unmount (another mount namespace may hold the mount); it was stopped\n"
+        )
+    return 0
 
 
 def _fork_and_serve(config: opts.OverlayConfig, run_dir: str) -> int:
