@@ -21,6 +21,7 @@ import io
 import json
 import os
 import platform
+import struct
 import tarfile
 from pathlib import Path
 
@@ -168,6 +169,31 @@ def write_layout(dest: Path, args: argparse.Namespace) -> str:
     return str(manifest_desc["digest"])
 
 
+def dynamic_interpreter(binary: Path) -> str | None:
+    """The ELF program interpreter (``/lib64/ld-linux-x86-64.so.2``) of ``binary``, or None.
+
+    A static binary has none; a dynamic one would not start in an image without its libc.
+    """
+    data = binary.read_bytes()
+    if data[:4] != b"\x7fELF":
+        return None
+    order = "<" if data[5] == 1 else ">"
+    if data[4] == 2:  # ELF64: e_phoff, e_phentsize/e_phnum; p_offset at 8, p_filesz at 32
+        word, phoff_at, count_at, offset_at, size_at = "Q", 0x20, 0x36, 8, 32
+    else:  # ELF32
+        word, phoff_at, count_at, offset_at, size_at = "I", 0x1C, 0x2A, 4, 16
+    (phoff,) = struct.unpack_from(order + word, data, phoff_at)
+    phentsize, phnum = struct.unpack_from(order + "HH", data, count_at)
+    for index in range(phnum):
+        header = phoff + index * phentsize
+        if struct.unpack_from(order + "I", data, header)[0] != 3:  # PT_INTERP
+            continue
+        (offset,) = struct.unpack_from(order + word, data, header + offset_at)
+        (size,) = struct.unpack_from(order + word, data, header + size_at)
+        return data[offset : offset + size].rstrip(b"\0").decode(errors="replace")
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest")
@@ -183,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.access(args.busybox, os.X_OK):
         raise SystemExit(f"{args.busybox} is missing: install the Debian package busybox-static")
+    interpreter = dynamic_interpreter(Path(args.busybox))
+    if interpreter:
+        raise SystemExit(
+            f"{args.busybox} is linked dynamically (needs {interpreter}), so it cannot run in an "
+            "image without its libraries: install the Debian package busybox-static."
+        )
     print(write_layout(Path(args.dest), args))
     return 0
 

@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.lapis.layers.plugins.module_utils import containers as ct
 from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs
 
-from .conftest import IMAGE, TRAP_LOOP, import_layout, make_layout
+from .conftest import IMAGE, TRAP_LOOP, import_layout, load_layout_module, make_layout
 
 MODULE = "lapis.layers.container"
 INFO = "lapis.layers.container_info"
@@ -336,3 +336,11 @@ def test_bad_input_fails_cleanly(store, busybox, args, message) -> None:
     with pytest.raises((ct.ContainerError, rs.RuntimeSpecError), match=message):
         ensure(store, **{"name": "bad", "command": "true", **args})
     assert leftovers(store) == []
+
+
+def test_layout_writer_refuses_a_dynamic_busybox(tmp_path) -> None:
+    layout = load_layout_module()
+    assert layout.dynamic_interpreter(Path("/bin/busybox")) is None
+    with pytest.raises(SystemExit, match="linked dynamically"):
+        layout.main([str(tmp_path / "layout"), "--busybox", "/bin/ls"])
+    assert not (tmp_path / "layout" / "index.json").exists()
