@@ -33,7 +33,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
     DOCKER_MANIFEST,
     Descriptor,
     ManifestError,
+    chain_ids,
     docker_to_oci_manifest,
+    parse_config,
+    parse_manifest,
     sha256_digest,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
@@ -233,14 +236,15 @@ def _act_pull(
 ) -> None:
     """Fetch the blobs, then import them (diff_id checks, unpacking, tag) as a local image.
 
-    A failure removes the blobs this run fetched unless something else references them.
+    The store lock is held shared throughout, so garbage collection cannot take the fetched,
+    not yet tagged blobs. A failure then removes what this pull may have added (fetched
+    blobs, the stored manifest, the image's layer directories) unless something references it.
     """
     manifest, plat = resolved
     fetched: list[str] = []
     try:
         store.init()
         started = time.monotonic()
-        # The shared lock keeps garbage collection off the fetched, not yet tagged blobs.
         with store.lock(shared=True):
             pulled = client.pull_manifest(ref, StoreSink(store), manifest, None, plat, False)
             fetched = pulled.fetched
@@ -251,16 +255,25 @@ def _act_pull(
             imported = import_image(store, result.reference, source)
         result.import_seconds = time.monotonic() - started - result.fetch_seconds
     except BaseException:
-        if fetched:
-            # The rollback must not hide the error; gc() re-checks what is referenced.
-            with contextlib.suppress(Exception):
-                store.gc(only=fetched)
+        # The rollback must not hide the error; gc() re-checks what is referenced. (The
+        # import's own rollback cannot take the exclusive lock while this one is held.)
+        with contextlib.suppress(Exception):
+            store.gc(only=[*fetched, result.digest, *_chain_ids(store, manifest)])
         raise
     result.blobs = {d: ("fetched" if d in fetched else "present") for d in result.blobs}
     result.blobs_added = list(dict.fromkeys(fetched + imported.blobs_added))
     result.layers_unpacked = imported.layers_unpacked
     result.previous_digest = imported.previous_digest
     result.bytes, result.resumed = pulled.bytes_fetched, pulled.resumed
+
+
+def _chain_ids(store: Store, manifest: Manifest) -> list[str]:
+    """The chain ids of the layers of ``manifest``; none when its config is not readable."""
+    try:
+        config = parse_manifest(manifest.raw, manifest.media_type).config
+        return chain_ids(parse_config(store.read_blob(config.digest)).diff_ids)
+    except (StoreError, ManifestError, OSError):
+        return []
 
 
 def _needed_blobs(store: Store, desc: Descriptor) -> list[str]:
