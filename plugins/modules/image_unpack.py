@@ -18,6 +18,8 @@ description:
   - O(dest) is built in a temporary directory beside it and renamed into place when
     complete. A marker file C(.<name>.lapis-image.json) beside O(dest) records the image
     digest and format, so a second run with the same image changes nothing.
+  - Two runs writing the same O(dest) at once take turns on a lock file
+    C(.<name>.lapis-lock) beside it; the second finds O(dest) written and reports no change.
 author:
   - lapis.layers contributors (@lapis-layers)
 options:
