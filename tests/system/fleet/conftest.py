@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.containers.conftest import sweep
+from ansible_collections.lapis.layers.tests.system.containers.conftest import sweep
 
 REPO = Path(__file__).resolve().parents[3]
 LAYOUT_SCRIPT = REPO / "playbooks" / "files" / "busybox_oci_layout.py"
