@@ -166,10 +166,11 @@ def test_chunk_spans_cover_the_blob_exactly(size: int, spans: list[tuple[int, in
 
 
 def test_blob_refs_check_digests_and_sizes() -> None:
-    good = {"digest": "sha256:" + "a" * 64, "size": 3}
-    assert blob_refs([good, good]) == [BlobRef(good["digest"], 3)]
+    digest = "sha256:" + "a" * 64
+    good = {"digest": digest, "size": 3}
+    assert blob_refs([good, good]) == [BlobRef(digest, 3)]
     with pytest.raises(CopyError):
-        blob_refs([{"digest": good["digest"], "size": -1}])
+        blob_refs([{"digest": digest, "size": -1}])
     with pytest.raises(ValueError, match="digest"):
         blob_refs([{"digest": "sha256:../../etc", "size": 1}])
 
