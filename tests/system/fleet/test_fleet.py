@@ -2,8 +2,10 @@
 
 One module-scoped rollout runs the site three times: release 1, release 2 (one more layer
 on top of release 1) and release 2 again. The checks then read the hosts' stores and the
-recorded image_copy results. The last test rolls out release 3 and kills one host's sshd
-(with its sessions) while the images role runs: that host fails alone.
+recorded image_copy results. The last two tests read one more run, release 3, during
+which one host's sshd (with its sessions) is killed as the images role starts copying: that
+host fails alone. Another host starts that run with the chunks an interrupted transfer
+leaves behind, and is sent only the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from ansible_collections.lapis.layers.plugins.module_utils import containers as ct
+from ansible_collections.lapis.layers.plugins.module_utils.image_copy import chunk_name
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store
 from ansible_collections.lapis.layers.tests.system.conftest import ansible_env
 from ansible_collections.lapis.layers.tests.system.fleet.conftest import Fleet
@@ -25,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SITE = REPO / "playbooks" / "site.yml"
 IMAGE = "localhost/fleet/app"
+CHUNK = 256 << 10  # lapis_images_chunk_size in the fleet's inventory
 LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
 
 
@@ -138,9 +142,23 @@ def test_a_second_run_of_the_site_changes_nothing(
         assert copy["changed"] is False
 
 
-def test_a_host_lost_mid_run_fails_alone(
+@pytest.fixture(scope="module")
+def release_3(
     fleet: Fleet, releases: dict[int, dict[str, Any]], rollout: dict[str, dict[str, Any]]
-) -> None:
+) -> dict[str, Any]:
+    """Release 3 with h4's sshd killed when the images role starts copying.
+
+    Before the run, h2's staging directory gets what a transfer cut short leaves behind:
+    the new layer's first chunk complete and its second chunk broken off.
+    """
+    del rollout  # runs after the first three site runs
+    layer = releases[3]["layer"]
+    blob = (releases[3]["path"] / "blobs" / "sha256" / layer["digest"][7:]).read_bytes()
+    staged = fleet.hosts["h2"].store / "incoming" / layer["digest"][7:]
+    staged.mkdir(parents=True)
+    (staged / chunk_name(0, CHUNK)).write_bytes(blob[:CHUNK])
+    (staged / chunk_name(1, CHUNK)).write_bytes(blob[CHUNK : CHUNK + 1000])
+
     lost = fleet.hosts["h4"]
     killed: list[str] = []
 
@@ -151,6 +169,13 @@ def test_a_host_lost_mid_run_fails_alone(
 
     run = run_site(fleet, release_vars(releases, 3), "lost", on_line=cut_h4)
     assert killed, run["output"][-4000:]
+    return run
+
+
+def test_a_host_lost_mid_run_fails_alone(
+    fleet: Fleet, release_3: dict[str, Any], releases: dict[int, dict[str, Any]]
+) -> None:
+    run = release_3
     assert run["rc"] == 4, run["output"][-4000:]  # 4: some host was unreachable
     assert run["stats"]["h4"]["unreachable"] >= 1
     for name in ("h2", "h3"):
@@ -158,6 +183,21 @@ def test_a_host_lost_mid_run_fails_alone(
         assert stats["failures"] == 0 and stats["unreachable"] == 0, name
         running = container(fleet, name)
         assert running["status"] == "running" and running["image"] == f"{IMAGE}:3", name
-    store = Store(lost.store)
+        assert running["image_digest"] == releases[3]["manifest"]["digest"]
+    store = Store(fleet.hosts["h4"].store)
     assert store.lookup(f"{IMAGE}:3") is None
     assert container(fleet, "h4")["image"] == f"{IMAGE}:2"  # untouched, still running
+
+
+def test_a_copy_cut_short_resumes_with_the_missing_chunks(
+    fleet: Fleet, release_3: dict[str, Any], releases: dict[int, dict[str, Any]]
+) -> None:
+    layer, config = releases[3]["layer"], releases[3]["config"]
+    assert layer["size"] > CHUNK  # the layer has a second chunk to resume
+    (resumed,) = release_3["copies"]["h2"]
+    assert resumed["blobs_resumed"] == [layer["digest"]]
+    assert resumed["bytes_resumed"] == CHUNK
+    assert resumed["bytes_sent"] == layer["size"] - CHUNK + config["size"]
+    (fresh,) = release_3["copies"]["h3"]
+    assert fresh["bytes_sent"] == layer["size"] + config["size"]
+    assert not (fleet.hosts["h2"].store / "incoming" / layer["digest"][7:]).exists()
