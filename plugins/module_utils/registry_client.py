@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    sha256_digest,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.registry_auth import (
     Credentials,
     find_credentials,
@@ -54,10 +61,8 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_transport im
     error_detail,
 )
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_LIST = DOCKER_MANIFEST_LIST
+# Tuples (not oci_manifest's sets): the Accept header lists them in this order.
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
@@ -164,10 +169,6 @@ class _PushPlan:
     mount_from: tuple[str, ...]
     chunk_size: int
     result: PushResult
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _media_type(resp: Response, raw: bytes) -> str:
@@ -418,6 +419,7 @@ class RegistryClient:
         manifest: Manifest,
         index: Manifest | None = None,
         plat: str = "",
+        *,
         documents: bool = True,
     ) -> PullResult:
         """Fetch the blobs of an already resolved manifest (see `resolve`) into ``sink``.

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.lapis.layers.plugins.module_utils.oci_store import write_atomic
+
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
@@ -33,9 +35,9 @@ class OciLayout:
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         layout = self.root / "oci-layout"
         if not layout.exists():
-            self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
+            write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
         if not (self.root / "index.json").exists():
-            self._write_atomic(self.root / "index.json", b'{"schemaVersion":2,"manifests":[]}')
+            write_atomic(self.root / "index.json", b'{"schemaVersion":2,"manifests":[]}')
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _sep, hexdigest = digest.partition(":")
@@ -57,15 +59,6 @@ class OciLayout:
         final.parent.mkdir(parents=True, exist_ok=True)
         temp.chmod(0o644)
         temp.replace(final)
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        handle, name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(name).chmod(0o644)
-        Path(name).replace(path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -94,7 +87,7 @@ class OciLayout:
                 return False
             index["schemaVersion"] = 2
             index["manifests"] = [*manifests, entry]
-            self._write_atomic(self.root / "index.json", json.dumps(index).encode())
+            write_atomic(self.root / "index.json", json.dumps(index).encode())
             return True
 
     def lookup(self, name: str) -> dict[str, Any] | None:

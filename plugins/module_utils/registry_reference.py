@@ -3,116 +3,68 @@
 
 """Image references as a registry sees them, and platform strings.
 
-``parse_reference`` normalises a user's image name the way the Docker and Podman
-tools do: a bare ``alpine`` is ``docker.io/library/alpine:latest``, a name whose
-first component looks like a host (a dot, a port or ``localhost``) names its own
-registry, and ``NAME@sha256:...`` pins a manifest digest. ``RegistryRef.api_host``
-is where the distribution API of that registry answers (Docker Hub's is
-``registry-1.docker.io``).
+``parse_reference`` normalises a user's image name with ``oci_refs.parse_image_ref``
+(the way the Docker and Podman tools do: a bare ``alpine`` is
+``docker.io/library/alpine:latest``, a name whose first component looks like a host
+names its own registry, ``NAME@sha256:...`` pins a manifest digest), so the store and
+the registry client agree on every name. ``RegistryRef`` adds what the distribution
+API needs: ``api_host`` is where that registry's API answers (Docker Hub's is
+``registry-1.docker.io``), ``reference`` what goes after ``/manifests/``.
 """
 
 from __future__ import annotations
 
 import platform as _platform
-import re
 from dataclasses import dataclass
 from typing import Any
 
-DOCKER_HUB = "docker.io"
+from ansible_collections.lapis.layers.plugins.module_utils.oci_refs import (
+    DEFAULT_TAG,
+    DOCKER_HUB,
+    ImageRef,
+    InvalidReference,
+    parse_image_ref,
+)
+
 DOCKER_HUB_API = "registry-1.docker.io"
-_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
-
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]+)?$")
-
-
-class InvalidReference(ValueError):
-    """An image reference or platform string that cannot be parsed."""
 
 
 @dataclass(frozen=True)
-class RegistryRef:
-    """A normalised image reference: registry host, repository, tag and/or digest."""
+class RegistryRef(ImageRef):
+    """A normalised image reference (`ImageRef`) with the names the distribution API uses."""
 
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
+    @property
+    def registry(self) -> str:
+        """The registry host (and port) as written in the reference (``docker.io``)."""
+        return self.domain
+
+    @property
+    def repository(self) -> str:
+        """The repository path on that registry (``library/alpine``)."""
+        return self.path
 
     @property
     def api_host(self) -> str:
         """Host (and port) where the registry's ``/v2/`` API answers."""
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+        return DOCKER_HUB_API if self.domain == DOCKER_HUB else self.domain
 
     @property
     def reference(self) -> str:
         """What goes after ``/manifests/``: the digest when pinned, else the tag."""
-        return self.digest or self.tag or "latest"
-
-    @property
-    def name(self) -> str:
-        """``registry/repository`` without tag or digest."""
-        return f"{self.registry}/{self.repository}"
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
+        return self.digest or self.tag or DEFAULT_TAG
 
     def with_digest(self, digest: str) -> RegistryRef:
         """The same repository pinned to ``digest`` (the tag is kept for display)."""
-        return RegistryRef(self.registry, self.repository, self.tag, digest)
+        return RegistryRef(self.domain, self.path, self.tag, digest)
 
 
-def _split_host(name: str) -> tuple[str, str]:
-    """Split ``name`` into registry host and repository path (Docker's rule)."""
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        host = first
-        if not _HOST.match(host):
-            raise InvalidReference(f"invalid registry host {host!r}")
-        if host in _HUB_ALIASES:
-            host = DOCKER_HUB
-        return host, rest
-    return DOCKER_HUB, name
-
-
-def parse_reference(text: str, default_tag: str = "latest") -> RegistryRef:
-    """Parse and normalise an image reference; raises `InvalidReference` with the cause."""
-    original = text
-    text = text.strip()
-    if not text:
-        raise InvalidReference("empty image reference")
+def parse_reference(text: str, default_tag: str = DEFAULT_TAG) -> RegistryRef:
+    """Parse and normalise an image reference (with ``oci_refs.parse_image_ref``, the one
+    parser of the collection); raises `InvalidReference` with the cause."""
     if "://" in text:
-        raise InvalidReference(f"{original!r}: give an image reference, not a URL")
-    digest: str | None = None
-    if "@" in text:
-        text, digest = text.rsplit("@", 1)
-        if not _DIGEST.match(digest):
-            raise InvalidReference(f"{original!r}: invalid digest {digest!r}")
-    tag: str | None = None
-    last = text.rsplit("/", 1)[-1]
-    if ":" in last:
-        text, tag = text.rsplit(":", 1)
-        if not _TAG.match(tag):
-            raise InvalidReference(f"{original!r}: invalid tag {tag!r}")
-    registry, repository = _split_host(text)
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
-    for component in repository.split("/"):
-        if not _COMPONENT.match(component):
-            raise InvalidReference(
-                f"{original!r}: invalid repository component {component!r} "
-                "(lowercase letters, digits and single separators . _ __ - only)"
-            )
-    if tag is None and digest is None:
-        tag = default_tag
-    return RegistryRef(registry, repository, tag, digest)
+        raise InvalidReference(f"{text!r}: give an image reference, not a URL")
+    ref = parse_image_ref(text, default_tag)
+    return RegistryRef(ref.domain, ref.path, ref.tag, ref.digest)
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,9 @@ def _act_pull(
         store.init()
         started = time.monotonic()
         with store.lock(shared=True):
-            pulled = client.pull_manifest(ref, StoreSink(store), manifest, None, plat, False)
+            pulled = client.pull_manifest(
+                ref, StoreSink(store), manifest, None, plat, documents=False
+            )
             fetched = pulled.fetched
             result.fetch_seconds = time.monotonic() - started
             source = blobs_in_store_source(

@@ -45,6 +45,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ansible_collections.lapis.layers.plugins.module_utils.registry_transport import (
+    RegistryOptions,
+)
+
 REGISTRY_ADDR = "127.0.0.31"
 SIDE_ADDR = "127.0.0.32"
 PORTS = {"basic": 5031, "token": 5032, "token_server": 5033, "proxy": 5034, "plain": 5035}
@@ -237,7 +241,7 @@ class Registry:
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(200):
+    for _attempt in range(200):
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
         try:
@@ -362,7 +366,7 @@ class CuttingProxy:
     def _accept(self) -> None:
         while not self.stopping.is_set():
             try:
-                client, _ = self.listener.accept()
+                client, _address = self.listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -560,6 +564,17 @@ def tree_snapshot(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def store_content(root: Path) -> dict[str, str]:
+    """An image store's files and their hashes, lock files aside (they are not content)."""
+    return {k: v for k, v in tree_snapshot(root).items() if not k.startswith("locks/")}
+
+
+def store_options(registry: Registry, **kw: Any) -> RegistryOptions:
+    """Client options with the test user, the registry's CA and a short retry pause."""
+    ca = str(registry.pki.ca) if registry.pki else None
+    return RegistryOptions(username=USER, password=PASSWORD, ca_path=ca, backoff=0.05, **kw)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,6 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import LayerMismatch, Store
-from ansible_collections.lapis.layers.plugins.module_utils.registry_client import (
-    RegistryOptions,
-)
 from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
     pull_to_store,
     push_from_store,
@@ -38,27 +35,12 @@ from ansible_collections.lapis.layers.tests.system.registry.conftest import (
     make_index,
     skopeo,
     skopeo_push,
-    tree_snapshot,
+    store_content,
+    store_options,
 )
 
 PODMAN_RUN = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 PODMAN_RUN += ["--network", "none"]
-
-
-def options_for(registry: Registry, **kw: object) -> RegistryOptions:
-    ca = str(registry.pki.ca) if registry.pki else None
-    return RegistryOptions(
-        username=USER,
-        password=PASSWORD,
-        ca_path=ca,
-        backoff=0.05,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def content(store: Store) -> dict[str, str]:
-    """The store's files and their hashes, lock files aside (they are not content)."""
-    return {k: v for k, v in tree_snapshot(store.root).items() if not k.startswith("locks/")}
 
 
 def blob_json(layout: Path, digest: str) -> dict[str, object]:
@@ -115,7 +97,7 @@ def test_image_module_wrong_password_fails_clearly_and_leaves_store_unchanged(
     skopeo_push(src, "w", basic_registry, "lapis/module-wrong")
     store = Store(tmp_path / "store")
     store.init()
-    before = content(store)
+    before = store_content(store.root)
     name = f"{basic_registry.host}/lapis/module-wrong:w"
     ca = str(basic_registry.pki.ca) if basic_registry.pki else None
 
@@ -128,7 +110,7 @@ def test_image_module_wrong_password_fails_clearly_and_leaves_store_unchanged(
     assert bad["error_kind"] == "unauthorized"
     assert basic_registry.host in bad["msg"] and "lapis/module-wrong" in bad["msg"]
     assert "not-the-password" not in json.dumps(bad)
-    assert content(store) == before
+    assert store_content(store.root) == before
 
 
 def test_image_module_picks_the_platform_from_an_index(
@@ -174,16 +156,16 @@ def test_interrupted_pull_completes_on_retry_with_a_correct_store(
     name = f"{SIDE_ADDR}:{PORTS['proxy']}/lapis/store-big:big"
     store = Store(tmp_path / "store")
     store.init()
-    before = content(store)
+    before = store_content(store.root)
     proxy = cutting_proxy(1 << 20)
 
     # No retries: the cut connection fails the pull, and the store is as it was.
     with pytest.raises(NetworkFailure, match="lapis/store-big"):
-        pull_to_store(store, name, options_for(basic_registry, retries=0))
+        pull_to_store(store, name, store_options(basic_registry, retries=0))
     assert proxy.cuts == 1
-    assert content(store) == before and not list(store.tmp_dir.iterdir())
+    assert store_content(store.root) == before and not list(store.tmp_dir.iterdir())
     # Running the pull again completes it; every blob and the layer match the registry's.
-    done = pull_to_store(store, name, options_for(basic_registry))
+    done = pull_to_store(store, name, store_options(basic_registry))
 
     assert done.changed and done.resumed == 0
     image = store.resolve(name)
@@ -205,7 +187,7 @@ def test_interrupted_layer_resumes_within_one_pull_into_the_store(
     store = Store(tmp_path / "store")
     name = f"{SIDE_ADDR}:{PORTS['proxy']}/lapis/store-resume:big"
 
-    done = pull_to_store(store, name, options_for(basic_registry))
+    done = pull_to_store(store, name, store_options(basic_registry))
 
     assert proxy.cuts == 1 and done.resumed == 1
     assert any('" 206 ' in line for line in basic_registry.access_lines("/lapis/store-resume/"))
@@ -229,14 +211,14 @@ def test_layer_not_matching_its_diff_id_fails_before_the_tag(
     skopeo_push(src, "d", basic_registry, "lapis/store-diffid")
     store = Store(tmp_path / "store")
     store.init()
-    before = content(store)
+    before = store_content(store.root)
 
     with pytest.raises(LayerMismatch, match="diff_id"):
         pull_to_store(
-            store, f"{basic_registry.host}/lapis/store-diffid:d", options_for(basic_registry)
+            store, f"{basic_registry.host}/lapis/store-diffid:d", store_options(basic_registry)
         )
 
-    assert content(store) == before
+    assert store_content(store.root) == before
     assert store.tags() == {}
 
 
@@ -272,9 +254,9 @@ def test_docker_schema2_pull_is_stored_in_oci_form_and_stays_idempotent(
     assert "vnd.docker.distribution.manifest.v2" in remote
     store = Store(tmp_path / "store")
 
-    pulled = pull_to_store(store, name, options_for(basic_registry))
-    always = pull_to_store(store, name, options_for(basic_registry), pull="always")
-    pinned = pull_to_store(store, f"{name}@{remote_digest}", options_for(basic_registry))
+    pulled = pull_to_store(store, name, store_options(basic_registry))
+    always = pull_to_store(store, name, store_options(basic_registry), pull="always")
+    pinned = pull_to_store(store, f"{name}@{remote_digest}", store_options(basic_registry))
 
     assert pulled.changed and pulled.source_digest == remote_digest != pulled.digest
     assert not always.changed and always.digest == pulled.digest
@@ -308,7 +290,7 @@ def test_image_pushed_from_the_store_is_pulled_by_skopeo_and_runs_under_podman(
     make_image(src, "p", busybox_layers(extra=b"podman ran me"))
     skopeo_push(src, "p", basic_registry, "lapis/podman-src")
     store = Store(tmp_path / "store")
-    options = options_for(basic_registry)
+    options = store_options(basic_registry)
     pull_to_store(store, f"{basic_registry.host}/lapis/podman-src:p", options)
     dest = f"{basic_registry.host}/lapis/podman-dest:p"
     push_from_store(store, f"{basic_registry.host}/lapis/podman-src:p", options, dest=dest)

@@ -8,29 +8,20 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store
-from ansible_collections.lapis.layers.plugins.module_utils.registry_client import (
-    DigestMismatch,
-    RegistryOptions,
-)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_client import DigestMismatch
 from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
     pull_to_store,
     push_from_store,
 )
 from ansible_collections.lapis.layers.tests.system.registry.conftest import (
-    PASSWORD,
-    USER,
     Registry,
     busybox_layers,
     make_image,
     skopeo,
     skopeo_push,
-    tree_snapshot,
+    store_content,
+    store_options,
 )
-
-
-def options_for(registry: Registry) -> RegistryOptions:
-    ca = str(registry.pki.ca) if registry.pki else None
-    return RegistryOptions(username=USER, password=PASSWORD, ca_path=ca, backoff=0.05)
 
 
 def test_pull_into_store_then_idempotent_and_always(
@@ -41,7 +32,7 @@ def test_pull_into_store_then_idempotent_and_always(
     skopeo_push(src, "v", basic_registry, "lapis/store")
     store = Store(tmp_path / "store")
     name = f"{basic_registry.host}/lapis/store:v"
-    options = options_for(basic_registry)
+    options = store_options(basic_registry)
 
     predicted = pull_to_store(store, name, options, check_mode=True)
     assert predicted.changed and set(predicted.blobs.values()) == {"fetch"}
@@ -78,11 +69,6 @@ def test_pull_into_store_then_idempotent_and_always(
     ]  # config, motd; busybox
 
 
-def _content(store: Store) -> dict[str, str]:
-    """The store's files and their hashes, lock files aside (they are not content)."""
-    return {k: v for k, v in tree_snapshot(store.root).items() if not k.startswith("locks/")}
-
-
 def test_tampered_blob_leaves_the_store_unchanged(basic_registry: Registry, tmp_path: Path) -> None:
     src = tmp_path / "src"
     desc = make_image(src, "t", busybox_layers(extra=b"store tamper"))
@@ -94,14 +80,14 @@ def test_tampered_blob_leaves_the_store_unchanged(basic_registry: Registry, tmp_
     victim.write_bytes(bytes(data))
     store = Store(tmp_path / "store")
     store.init()
-    before = _content(store)
+    before = store_content(store.root)
 
     with pytest.raises(DigestMismatch, match="lapis/store-tamper"):
         pull_to_store(
-            store, f"{basic_registry.host}/lapis/store-tamper:t", options_for(basic_registry)
+            store, f"{basic_registry.host}/lapis/store-tamper:t", store_options(basic_registry)
         )
 
-    assert _content(store) == before
+    assert store_content(store.root) == before
     assert store.tags() == {}
 
 
@@ -110,7 +96,7 @@ def test_push_from_store_round_trip(basic_registry: Registry, tmp_path: Path) ->
     desc = make_image(src, "p", busybox_layers(extra=b"store push"))
     skopeo_push(src, "p", basic_registry, "lapis/store-src")
     store = Store(tmp_path / "store")
-    options = options_for(basic_registry)
+    options = store_options(basic_registry)
     name = f"{basic_registry.host}/lapis/store-src:p"
     pull_to_store(store, name, options)
     dest = f"{basic_registry.host}/lapis/store-dest:p"

@@ -66,9 +66,9 @@ def test_token_auth_pull_and_push_end_to_end(
     ).stdout
     assert raw.encode() == pulled.manifest.raw
     ours = [r for r in token_server.requests if r.get("account") == USER]
-    assert any(r["scopes"] == ["repository:lapis/tok:pull"] for r in ours)
-    mount_scopes = ["repository:lapis/tok-copy:pull,push", "repository:lapis/tok:pull"]
-    assert any(r["scopes"] == mount_scopes for r in ours)
+    assert any(r["scopes"] == ["repository:lapis/tok:pull"] for r in ours), ours
+    mount_scopes = {"repository:lapis/tok-copy:pull,push", "repository:lapis/tok:pull"}
+    assert any(mount_scopes <= set(r["scopes"]) for r in ours), ours
 
 
 def test_token_auth_wrong_password_is_refused_by_the_token_server(
