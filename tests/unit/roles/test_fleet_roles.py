@@ -107,3 +107,26 @@ def test_site_playbook_wires_the_roles_for_servers_and_routers() -> None:
         "servers": ["lapis.layers.host", "lapis.layers.images", "lapis.layers.containers"],
         "routers": ["lapis.layers.extroot"],
     }
+
+
+def documented_options(module: str) -> set[str]:
+    """Option names of a module: its DOCUMENTATION plus its documentation fragments."""
+    path = REPO / "plugins" / "modules" / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(f"lapis_doc_{module}", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    doc = yaml.safe_load(loaded.DOCUMENTATION)
+    names = set(doc.get("options") or {})
+    for fragment in doc.get("extends_documentation_fragment") or []:
+        fragment_file = REPO / "plugins" / "doc_fragments" / f"{fragment.split('.')[-1]}.py"
+        text = fragment_file.read_text().split('DOCUMENTATION = r"""', 1)[1].split('"""')[0]
+        names |= set(yaml.safe_load(text).get("options") or {})
+    return names
+
+
+def test_images_role_pulls_and_removes_with_options_the_image_module_has() -> None:
+    options = documented_options("image")
+    for start in ("Pull", "Remove", "Prune | remove"):
+        task = _task("images", "lapis.layers.image", start)
+        assert set(task["lapis.layers.image"]) <= options, start
