@@ -34,6 +34,7 @@ options:
         M(ansible.builtin.copy) searches its O(ansible.builtin.copy#module:src)) of an OCI
         layout directory, an OCI archive or a docker-archive, or with O(source=store) a
         reference in the controller's store.
+      - Required; the action plugin checks it (the part that runs on the host does not use it).
     type: str
   source:
     description:
@@ -116,6 +117,9 @@ notes:
     to re-check a host's blobs.
   - Chunks staged by a copy that is never run again stay in C(<store>/incoming/); remove
     that directory to reclaim the space.
+  - Two copies running at the same time to one host that both lack the same blob write the
+    same chunk files; a commit may then find a chunk incomplete or corrupted and fail, and
+    the next run sends what is missing. Copy to a host from one task at a time.
   - With privilege escalation the chunks are written by the login user into staging
     directories this module gives to that user; the commit runs as root and checks every
     byte against its digest.
