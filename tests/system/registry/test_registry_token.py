@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_reference im
 from ansible_collections.lapis.layers.plugins.module_utils.registry_transport import (
     NetworkFailure,
 )
+from ansible_collections.lapis.layers.tests.system.conftest import RunModule
 from ansible_collections.lapis.layers.tests.system.registry.conftest import (
     PASSWORD,
     USER,
@@ -121,3 +123,26 @@ def test_plain_http_only_for_insecure_registries(plain_registry: Registry, tmp_p
     assert result.manifest.digest == desc["digest"]
     assert set(pushed.blobs.values()) == {"uploaded"}
     assert json.loads(result.manifest.raw)["config"]["digest"] == result.config.digest
+
+
+def test_image_module_pulls_through_the_token_flow_with_an_auth_file(
+    token_registry: Registry, token_server: TokenServer, run_module: RunModule, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    desc = make_image(src, "1", busybox_layers(extra=b"token module"))
+    skopeo_push(src, "1", token_registry, "lapis/tok-module")
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth_file = tmp_path / "auth.json"  # the Podman form: containers/auth.json
+    auth_file.write_text(json.dumps({"auths": {token_registry.host: {"auth": auth}}}))
+    store = tmp_path / "store"
+    ca = str(token_registry.pki.ca)  # type: ignore[union-attr]
+    args = {"name": f"{token_registry.host}/lapis/tok-module:1", "store": str(store)}
+
+    pulled = run_module("lapis.layers.image", auth_file=str(auth_file), ca_path=ca, **args)
+    refused = run_module("lapis.layers.image", ca_path=ca, pull="always", **args)
+
+    assert pulled["changed"] and pulled["manifest_digest"] == desc["digest"], pulled
+    ours = [r for r in token_server.requests if r.get("account") == USER]
+    assert any(r["scopes"] == ["repository:lapis/tok-module:pull"] for r in ours), ours
+    assert refused["_ansible_rc"] != 0 and refused["error_kind"] == "unauthorized", refused
+    assert "lapis/tok-module" in refused["msg"]
