@@ -41,18 +41,20 @@ from ansible_collections.lapis.layers.plugins.module_utils.build_cache import (
     CacheRecord,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.build_layer import (
-    BuiltLayer,
+    LayerBuildError,
     clean_overlay_xattrs,
     install_layer_dir,
     next_chain_id,
     write_layer_blob,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.build_rootfs import (
+    RootfsError,
     is_empty_dir,
     read_only_view,
     step_root,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.build_run import (
+    RunError,
     RunRequest,
     run_step,
 )
@@ -88,7 +90,15 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_store import (
     StoredImage,
     remove_tree,
 )
-from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec import resolve_in_root
+from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec import (
+    RuntimeSpecError,
+    resolve_in_root,
+)
+
+STEP_ERRORS = (
+    bc.CopyError, ctx.ContextError, RootfsError, LayerBuildError, rt.OCIRuntimeError,
+    RuntimeSpecError, OSError,
+)  # fmt: skip
 
 
 class BuildError(Exception):
@@ -351,6 +361,16 @@ class Builder:
         return self.work
 
     def do_step(self, stage: PlanStage, step: PlanStep, result: StageResult) -> None:
+        loc = step.instruction.loc
+        where = f"{loc.filename}:{loc.start_line}: {step.created_by}"
+        try:
+            self._do_step(stage, step, result)
+        except RunError as exc:
+            raise RunError(f"{where}: {exc}", exc.rc, exc.output) from exc
+        except STEP_ERRORS as exc:
+            raise BuildError(f"{where}: {exc}") from exc
+
+    def _do_step(self, stage: PlanStage, step: PlanStep, result: StageResult) -> None:
         started = time.monotonic()
         report: dict[str, Any] = {
             "stage": stage.index,
