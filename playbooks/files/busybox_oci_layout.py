@@ -129,7 +129,9 @@ def image_config(diff_ids: list[str], args: argparse.Namespace) -> dict[str, obj
         "created": "2023-11-14T22:13:20Z",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": "busybox_oci_layout.py"}],
+        "history": [
+            {"created_by": f"busybox_oci_layout.py: layer {n}"} for n in range(len(diff_ids))
+        ],
     }
 
 
