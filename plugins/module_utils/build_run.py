@@ -211,7 +211,7 @@ def run_step(
     output = (stdout + stderr)[-_OUTPUT_LIMIT:]
     if rc != 0:
         raise RunError(
-            f"RUN {' '.join(request.argv)} failed with exit code {rc}: {output.strip()[-2000:]}",
+            f"the command exited with code {rc}: {output.strip()[-2000:]}",
             rc,
             output,
         )
