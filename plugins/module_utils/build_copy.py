@@ -35,18 +35,12 @@ import stat
 import tarfile
 import tempfile
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_context import (
     ContextEntry,
     SourceMatch,
-)
-from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec import (
-    RuntimeSpecError,
-    resolve_in_root,
-    resolve_user,
 )
 
 ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
@@ -85,6 +79,13 @@ def resolve_chown(rootfs: str, chown: str) -> Owner | None:
     """``--chown=user[:group]`` against the image's /etc/passwd and /etc/group."""
     if not chown:
         return None
+    # runtime_spec (and jsonschema behind it) is imported only when a step runs:
+    # a fully cached build stays quick to start.
+    from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec import (  # noqa: PLC0415
+        RuntimeSpecError,
+        resolve_user,
+    )
+
     user, _sep, group = chown.partition(":")
     try:
         resolved = resolve_user(rootfs, chown)
@@ -151,6 +152,16 @@ def _perm_bits(perms: str, who: str, current: int, is_dir: bool) -> int:
 
 
 # --- writing inside the root ----------------------------------------------------------------
+
+
+def resolve_in_root(root: str, path: str) -> str:
+    """``runtime_spec.resolve_in_root``, imported when first needed."""
+    from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec  # noqa: PLC0415
+
+    try:
+        return runtime_spec.resolve_in_root(root, path)
+    except runtime_spec.RuntimeSpecError as exc:
+        raise CopyError(f"cannot resolve {path} in the image: {exc}") from exc
 
 
 def _in_root(root: Path, path: str) -> Path:
@@ -347,6 +358,8 @@ def extract_archive(path: Path, target: Path, owner: Owner | None) -> None:
 
 def fetch_url(url: str, work: Path, checksum: str = "") -> Fetched:
     """Download ``url`` into ``work``; checks ``--checksum`` (sha256/384/512) when given."""
+    import urllib.request  # noqa: PLC0415 -- only ADD of a URL needs it
+
     hashes = {name: hashlib.new(name) for name in ("sha256", "sha384", "sha512")}
     fd, tmp = tempfile.mkstemp(prefix="add-url-", dir=work)
     try:

@@ -53,11 +53,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.build_rootfs import (
     read_only_view,
     step_root,
 )
-from ansible_collections.lapis.layers.plugins.module_utils.build_run import (
-    RunError,
-    RunRequest,
-    run_step,
-)
+from ansible_collections.lapis.layers.plugins.module_utils.build_run import RunError
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
     CopyInstr,
     Mount,
@@ -90,14 +86,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_store import (
     StoredImage,
     remove_tree,
 )
-from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec import (
-    RuntimeSpecError,
-    resolve_in_root,
-)
 
 STEP_ERRORS = (
     bc.CopyError, ctx.ContextError, RootfsError, LayerBuildError, rt.OCIRuntimeError,
-    RuntimeSpecError, OSError,
+    OSError,
 )  # fmt: skip
 
 
@@ -487,6 +479,11 @@ class Builder:
             yield view, True, None
 
     def run(self, step: PlanStep, instr: RunInstr, merged: Path, upper: Path, work: Path) -> None:
+        from ansible_collections.lapis.layers.plugins.module_utils.build_run import (  # noqa: PLC0415 -- keeps cached builds free of runtime_spec/jsonschema imports
+            RunRequest,
+            run_step,
+        )
+
         if self.runtime is None:
             binary = rt.find_runtime("auto")
             root = self.store.root / "build" / "runtime"
@@ -514,7 +511,7 @@ class Builder:
                     root = stack.enter_context(read_only_view(view_work, lowers))
                 else:
                     root = self.context
-                return Path(resolve_in_root(str(root), mount.source or "/"))
+                return Path(bc.resolve_in_root(str(root), mount.source or "/"))
 
             outcome = run_step(
                 self.runtime, request, merged, upper, work, self.store.root, bind_source

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.lapis.layers.plugins.module_utils import oci_runtime as rt
-from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs
 from ansible_collections.lapis.layers.plugins.module_utils.dockerfile_instructions import (
     Mount,
 )
@@ -130,6 +129,8 @@ def runtime_config(
     request: RunRequest, rootfs: Path, extra_mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The runtime config.json of a RUN step (rootfs path absolute)."""
+    from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs  # noqa: PLC0415
+
     env: dict[str, str] = {}
     for item in request.env:
         key, _sep, value = item.partition("=")
@@ -158,6 +159,8 @@ def runtime_config(
 
 
 def _existing(rootfs: Path, paths: list[str]) -> set[str]:
+    from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs  # noqa: PLC0415
+
     return {p for p in paths if os.path.lexists(rs.resolve_in_root(str(rootfs), p))}
 
 
@@ -191,6 +194,8 @@ def run_step(
     bind_source: MountSource,
 ) -> RunResult:
     """Run one RUN step in ``rootfs`` (the mounted step root); raise RunError on failure."""
+    from ansible_collections.lapis.layers.plugins.module_utils import runtime_spec as rs  # noqa: PLC0415
+
     bundle = work / "bundle"
     bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
     mounts = _spec_mounts(request, store_root, work, bind_source)
