@@ -134,7 +134,12 @@ class ActionModule(ActionBase):
         out = self._result(opts, plan, device, installed, check)
         if opts.reboot and plan.reboot_pending and not check:
             self._shell(cleanup_command())
-            out.update(self._reboot(opts, device))
+            try:
+                out.update(self._reboot(opts, device))
+            except ExtrootError as exc:
+                exc.details.setdefault("changed", out["changed"])
+                exc.details.setdefault("reboot_pending", True)
+                raise
         return out
 
     def _ensure_packages(
@@ -204,7 +209,8 @@ class ActionModule(ActionBase):
     def _reboot(self, opts: Options, device: DeviceFacts | None) -> dict[str, Any]:
         """Reboot, wait for a new boot (our /tmp marker gone), check where /overlay is."""
         self._run_checked(
-            f"touch {BOOT_MARKER} && (sleep 2; reboot) >/dev/null 2>&1 </dev/null &",
+            # Ansible appends "&& sleep 0": the command must not end with "&"
+            f"touch {BOOT_MARKER} && ( (sleep 2; reboot) >/dev/null 2>&1 </dev/null & ); true",
             "start the reboot",
         )
         deadline = time.monotonic() + opts.reboot_timeout

@@ -849,5 +849,6 @@ def run_plan(plan: Plan, runner: Runner) -> list[dict[str, Any]]:
                 stderr=result.stderr,
                 command=step.command,
                 steps_done=done,
+                changed=any(ran.changes for ran in plan.steps[: len(done) - 1]),
             )
     return done

@@ -120,7 +120,7 @@ def build_rom(rom: Path, name: str, usb: str, flash: str, client_pub: str) -> No
     """The read-only part of the router: busybox, the router's tools, /etc, /dev."""
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/config", "etc/dropbear", "dev/pts"):
         (rom / d).mkdir(parents=True, exist_ok=True)
-    for d in ("proc", "sys", "tmp", "overlay", "rom", "mnt", "var", "root/.ssh"):
+    for d in ("proc", "sys", "tmp", "overlay", "rom", "rwm", "mnt", "var", "root/.ssh"):
         (rom / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2("/bin/busybox", rom / "bin/busybox")
     sh("chroot", rom, "/bin/busybox", "--install", "-s")
@@ -302,7 +302,7 @@ def make_router(tmp_path: Path, client_key: Keys) -> Iterator[RouterFactory]:
             router.proc = subprocess.Popen(
                 ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation",
                  "private", "sh", str(SIM / "boot.sh"), str(rom), router.flash_loop,
-                 str(base / "state"), address, str(PORT)],
+                 str(base / "state"), address, str(PORT), router.usb_loop],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         wait_listening(router, log)

@@ -232,3 +232,33 @@ def test_preflight_failures_name_the_cause(
     bad = extroot_adhoc([router], device="sda")["r1"]
     assert bad.get("failed") is True and "not a path under /dev" in bad["msg"], bad
     assert "lapis" not in router.shell(ssh_cmd, "ls -a /tmp")
+
+
+def overlay_source(router: Router, ssh_cmd: list[str]) -> str:
+    mounts = router.shell(ssh_cmd, "cat /proc/mounts").splitlines()
+    return next(line.split()[0] for line in mounts if line.split()[1] == "/overlay")
+
+
+def test_reboot_into_extroot_and_back(
+    make_router: Any, extroot_adhoc: Any, ssh_cmd: list[str]
+) -> None:
+    router = make_router("r1", ADDRESSES[0])
+    assert overlay_source(router, ssh_cmd) == router.flash_loop
+    marker = "echo written-before-reboot > /srv/data/marker"
+
+    on = extroot_adhoc([router], device="/dev/sda", format=True, reboot=True)["r1"]
+    assert on["rebooted"] is True and on["extroot_active"] is True, on
+    assert on["reboot_pending"] is False and on["changed"] is True
+    assert overlay_source(router, ssh_cmd) == "/dev/sda"
+    assert router.shell(ssh_cmd, "cat /srv/data/plain.txt").startswith("router r1")
+    router.shell(ssh_cmd, marker)
+
+    again = extroot_adhoc([router], device="/dev/sda", format=True, reboot=True)["r1"]
+    assert again["changed"] is False and again["rebooted"] is False, again
+    assert again["extroot_active"] is True and again["reboot_pending"] is False
+
+    off = extroot_adhoc([router], state="absent", device="/dev/sda", reboot=True)["r1"]
+    assert off["rebooted"] is True and off["extroot_active"] is False, off
+    assert off["steps"] == ["fstab", "fstab_copy"]
+    assert overlay_source(router, ssh_cmd) == router.flash_loop
+    assert "marker" not in router.shell(ssh_cmd, "ls /srv/data")  # written on the stick only
