@@ -6,8 +6,12 @@ fresh destination names (never deleting a tree right before timing the next):
 
 * ``skopeo copy docker://... oci:DIR`` into an empty OCI layout (the peer);
 * our client's ``pull`` into an empty OCI layout (the fetch, same work as skopeo);
-* ``pull_to_store`` into an empty image store (the fetch plus fsync and tagging), then
-  ``Store.ensure_layers`` (unpacking, reported separately).
+* ``pull_to_store`` into an empty image store, as ``lapis.layers.image`` does it: its
+  fetch (blobs downloaded, verified, fsynced into the store) and its import (every layer
+  unpacked and checked against its diff_id, manifest stored, tag written) are reported
+  separately from ``Transfer.fetch_seconds`` and ``Transfer.import_seconds``;
+* ad-hoc ``ansible localhost -m lapis.layers.image`` into an empty store, beside an
+  ad-hoc ``ansible.builtin.ping``: the module's whole cost and that minus Ansible's own.
 
 Medians of ``--rounds`` runs are printed with ratios to skopeo. Not part of ``make test``.
 """
@@ -56,6 +60,19 @@ from ansible_collections.lapis.layers.tests.system.registry.conftest import (  #
 )
 
 PORT = 5036
+Figures = dict[str, list[float]]
+LABELS = {
+    "skopeo": "skopeo copy -> empty OCI layout",
+    "fetch": "ours: client pull -> empty OCI layout",
+    "store_fetch": "ours: image pull, fetch into store",
+    "store_unpack": "ours: image pull, unpack + diff_ids",
+    "store": "ours: image pull, whole (python)",
+    "module": "ad-hoc lapis.layers.image (whole)",
+    "module_fetch": "  in it: fetch into store",
+    "module_unpack": "  in it: unpack + diff_ids",
+    "ping": "ad-hoc ansible.builtin.ping",
+    "module_minus_ping": "ad-hoc image minus ping",
+}
 WORDS = [f"word{i:03d}" for i in range(500)]
 
 
@@ -92,10 +109,38 @@ def timed(func: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def module_pull(args: dict[str, object], env: dict[str, str], figures: Figures) -> None:
+    """Ad-hoc ``lapis.layers.image`` into an empty store; its own fetch/unpack times too."""
+    started = time.perf_counter()
+    out = run(adhoc("lapis.layers.image", args), env)
+    figures["module"].append(time.perf_counter() - started)
+    result = json.loads(out[out.index("{") :])
+    figures["module_fetch"].append(result["transfer"]["fetch_seconds"])
+    figures["module_unpack"].append(result["transfer"]["import_seconds"])
+
+
+def adhoc(module: str, args: dict[str, object]) -> list[str]:
+    """``ansible localhost -m MODULE [-a JSON]`` against this collection."""
+    cmd = ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", module]
+    return cmd + (["-a", json.dumps(args)] if args else [])
+
+
+def pull_in_store(store: Store, name: str, options: RegistryOptions, figures: Figures) -> None:
+    """``pull_to_store`` into an empty store: fetch and import (unpack) times recorded."""
+    started = time.perf_counter()
+    done = pull_to_store(store, name, options)
+    figures["store"].append(time.perf_counter() - started)
+    figures["store_fetch"].append(done.fetch_seconds)
+    figures["store_unpack"].append(done.import_seconds)
+    if len(done.layers_unpacked) != 4:
+        raise SystemExit(f"pull_to_store unpacked {done.layers_unpacked}, expected 4 layers")
 
 
 def main() -> None:
@@ -121,7 +166,10 @@ def main() -> None:
              f"oci:{layout}:bench", f"docker://{registry.host}/bench/image:1"])  # fmt: skip
         ref = parse_reference(f"{registry.host}/bench/image:1")
         options = RegistryOptions(username=USER, password=PASSWORD, ca_path=str(pki.ca))
-        figures: dict[str, list[float]] = {"skopeo": [], "fetch": [], "store": [], "unpack": []}
+        module_args = {"name": str(ref), "username": USER, "password": PASSWORD}
+        module_args |= {"ca_path": str(pki.ca)}
+        env = ansible_env()
+        figures: Figures = {key: [] for key in LABELS}
         for n in range(args.rounds):
             dest = work / f"skopeo-{n}"
             figures["skopeo"].append(timed(lambda d=dest: run(
@@ -129,33 +177,42 @@ def main() -> None:
                  f"docker://{ref}", f"oci:{d}:1"])))  # fmt: skip
             ours = OciLayout(work / f"ours-{n}")
             figures["fetch"].append(timed(lambda o=ours: RegistryClient(options).pull(ref, o)))
-            store = Store(work / f"store-{n}")
-            figures["store"].append(
-                timed(lambda s=store: pull_to_store(s, str(ref), options, unpack=False))
-            )
-            image = store.resolve(str(ref))
-            figures["unpack"].append(timed(lambda s=store, i=image: s.ensure_layers(i)))
+            pull_in_store(Store(work / f"store-{n}"), str(ref), options, figures)
+            margs = {**module_args, "store": str(work / f"module-store-{n}")}
+            module_pull(margs, env, figures)
+            figures["ping"].append(timed(lambda: run(adhoc("ansible.builtin.ping", {}), env)))
+            figures["module_minus_ping"].append(figures["module"][-1] - figures["ping"][-1])
             theirs = {p.name for p in (dest / "blobs/sha256").iterdir()}
             if theirs != {p.name for p in (ours.root / "blobs/sha256").iterdir()}:
                 raise SystemExit("skopeo and our pull fetched different blobs")
-        skopeo_median = statistics.median(figures["skopeo"])
-        print(f"\nimage: 4 layers, {blob_bytes / 1e6:.1f} MB of blobs, ~200 MB unpacked; "
-              f"medians of {args.rounds} rounds (2 shared cores, other work running)")  # fmt: skip
-        labels = {
-            "skopeo": "skopeo copy -> empty OCI layout",
-            "fetch": "ours: pull -> empty OCI layout",
-            "store": "ours: pull -> empty image store",
-            "unpack": "ours: unpack layers in store",
-        }
-        for key, label in labels.items():
-            median = statistics.median(figures[key])
-            ratio = median / skopeo_median
-            print(f"  {label:34s} {median:7.3f} s   x{ratio:5.2f} of skopeo")
-        print(json.dumps({k: [round(v, 3) for v in vs] for k, vs in figures.items()}))
+        report(figures, blob_bytes, args.rounds)
     finally:
         stop_process(registry.proc)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def report(figures: Figures, blob_bytes: int, rounds: int) -> None:
+    skopeo_median = statistics.median(figures["skopeo"])
+    print(f"\nimage: 4 layers, {blob_bytes / 1e6:.1f} MB of blobs, ~200 MB unpacked; "
+          f"medians of {rounds} rounds (2 shared cores, other work running)")  # fmt: skip
+    for key, label in LABELS.items():
+        median = statistics.median(figures[key])
+        print(f"  {label:38s} {median:7.3f} s   x{median / skopeo_median:5.2f} of skopeo")
+    print(json.dumps({k: [round(v, 3) for v in vs] for k, vs in figures.items()}))
+
+
+def ansible_env() -> dict[str, str]:
+    """The environment ``make system`` gives ansible: this collection and the venv."""
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
 
 
 if __name__ == "__main__":
