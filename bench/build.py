@@ -132,11 +132,24 @@ def buildah(context: Path, layout: Path, work: Path) -> tuple[float, float]:
     run = Path(tempfile.mkdtemp(prefix="lapis-bb-", dir="/tmp"))
     base = ["buildah", "--root", str(root), "--runroot", str(run), "--storage-driver", "overlay"]
     try:
-        out = subprocess.run([*base, "pull", "-q", f"oci:{layout}:test"], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [*base, "pull", "-q", f"oci:{layout}:test"], capture_output=True, text=True, check=True
+        ).stdout
         subprocess.run([*base, "tag", out.strip().splitlines()[-1], BASE], check=True)
-        bud = [*base, "bud", "--layers", "--runtime", "runc", "--isolation", "oci",
-               "--pull-never", "-q", "-t", "localhost/bench/out:1", str(context)]  # fmt: skip
+        bud = [
+            *base,
+            "bud",
+            "--layers",
+            "--runtime",
+            "runc",
+            "--isolation",
+            "oci",
+            "--pull-never",
+            "-q",
+            "-t",
+            "localhost/bench/out:1",
+            str(context),
+        ]
         times = []
         for _round in range(2):
             start = time.monotonic()
@@ -164,9 +177,9 @@ def main() -> int:
     layout = base_layout(work)
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
-    rows: dict[str, list[float]] = {key: [] for key in
-                                    ("ours_cold", "ours_cached", "buildah_cold",
-                                     "buildah_cached", "ping")}  # fmt: skip
+    rows: dict[str, list[float]] = {
+        key: [] for key in ("ours_cold", "ours_cached", "buildah_cold", "buildah_cached", "ping")
+    }
     for _round in range(options.rounds):
         rows["ping"].append(adhoc("ansible.builtin.ping", {}))
         cold, cached = ours(context, layout, runs)
@@ -181,15 +194,22 @@ def main() -> int:
     print(f"{'buildah bud --layers':24}{med['buildah_cold']:10.2f}{med['buildah_cached']:10.2f}")
     print(f"{'image_build (ad hoc)':24}{med['ours_cold']:10.2f}{med['ours_cached']:10.2f}")
     own_cold, own_cached = med["ours_cold"] - med["ping"], med["ours_cached"] - med["ping"]
-    print(f"{'image_build - ping':24}{own_cold:10.2f}{own_cached:10.2f}"
-          f"   (ping {med['ping']:.2f} s)")  # fmt: skip
+    print(
+        f"{'image_build - ping':24}{own_cold:10.2f}{own_cached:10.2f}   (ping {med['ping']:.2f} s)"
+    )
     print("ratios buildah/ours (>1: we are faster):")
-    print(f"  whole module: cold {med['buildah_cold'] / med['ours_cold']:.2f}x, "
-          f"cached {med['buildah_cached'] / med['ours_cached']:.2f}x")  # fmt: skip
-    print(f"  module minus ping: cold {med['buildah_cold'] / own_cold:.2f}x, "
-          f"cached {med['buildah_cached'] / own_cached:.2f}x")  # fmt: skip
-    print("raw seconds per round:", json.dumps({k: [round(v, 2) for v in vals]
-                                                for k, vals in rows.items()}))  # fmt: skip
+    print(
+        f"  whole module: cold {med['buildah_cold'] / med['ours_cold']:.2f}x, "
+        f"cached {med['buildah_cached'] / med['ours_cached']:.2f}x"
+    )
+    print(
+        f"  module minus ping: cold {med['buildah_cold'] / own_cold:.2f}x, "
+        f"cached {med['buildah_cached'] / own_cached:.2f}x"
+    )
+    print(
+        "raw seconds per round:",
+        json.dumps({k: [round(v, 2) for v in vals] for k, vals in rows.items()}),
+    )
     if not options.keep:
         shutil.rmtree(runs, ignore_errors=True)
     return 0

@@ -61,8 +61,9 @@ class BuildCache:
         try:
             doc = json.loads(self._path(key).read_bytes())
             layer = BuiltLayer.from_dict(doc["layer"]) if doc.get("layer") else None
-            record = CacheRecord(str(doc["key"]), str(doc["created"]), layer,
-                                 str(doc.get("chain_id") or ""))  # fmt: skip
+            record = CacheRecord(
+                str(doc["key"]), str(doc["created"]), layer, str(doc.get("chain_id") or "")
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if record.key != key:

@@ -86,7 +86,7 @@ def resolve_chown(rootfs: str, chown: str) -> Owner | None:
         resolve_user,
     )
 
-    user, _sep, group = chown.partition(":")
+    group = chown.partition(":")[2]
     try:
         resolved = resolve_user(rootfs, chown)
     except RuntimeSpecError as exc:
@@ -222,7 +222,7 @@ class _Writer:
             return
         _clear(target, keep_dir=False)
         if stat.S_ISLNK(info.st_mode):
-            os.symlink(os.readlink(source), target)
+            target.symlink_to(source.readlink())
             os.chown(target, uid, gid, follow_symlinks=False)
             os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             return
@@ -281,7 +281,7 @@ def copy_matches(
         first = match.entries[0]
         is_dir = match.root == "." or (first.path == match.root and first.kind == "dir")
         if is_dir:
-            _copy_tree(writer, root, real_root, match, dest, parents)
+            _copy_tree(writer, root, real_root=real_root, match=match, dest=dest, parents=parents)
         elif extract and first.kind == "file" and is_archive(real_root):
             target_dir = ensure_dir(root, dest, owner)
             extract_archive(real_root, target_dir, owner)
@@ -293,7 +293,7 @@ def copy_matches(
 
 
 def _copy_tree(
-    writer: _Writer, root: Path, real_root: Path, match: SourceMatch, dest: str, parents: bool
+    writer: _Writer, root: Path, *, real_root: Path, match: SourceMatch, dest: str, parents: bool
 ) -> None:
     base = posixpath.join(dest, match.root) if parents and match.root != "." else dest
     ensure_dir(root, base, writer.owner)
@@ -309,7 +309,14 @@ def _copy_tree(
 
 
 def write_heredoc(
-    root: Path, dest: str, name: str, content: str, owner: Owner | None, chmod: str, mtime: int
+    root: Path,
+    dest: str,
+    name: str,
+    content: str,
+    *,
+    owner: Owner | None,
+    chmod: str,
+    mtime: int,
 ) -> None:
     """``COPY <<EOF /dest``: the body as a file named ``name`` (0644 unless --chmod)."""
     image_path = _leaf_target(root, dest, name, False, name)
@@ -363,7 +370,7 @@ def fetch_url(url: str, work: Path, checksum: str = "") -> Fetched:
     hashes = {name: hashlib.new(name) for name in ("sha256", "sha384", "sha512")}
     fd, tmp = tempfile.mkstemp(prefix="add-url-", dir=work)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_URL_TIMEOUT) as resp:  # noqa: S310 -- http(s) only, checked by the planner
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_URL_TIMEOUT) as resp:
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
                 for hasher in hashes.values():
                     hasher.update(chunk)

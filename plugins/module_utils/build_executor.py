@@ -88,16 +88,24 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_store import (
 )
 
 STEP_ERRORS = (
-    bc.CopyError, ctx.ContextError, RootfsError, LayerBuildError, rt.OCIRuntimeError,
+    bc.CopyError,
+    ctx.ContextError,
+    RootfsError,
+    LayerBuildError,
+    rt.OCIRuntimeError,
     OSError,
-)  # fmt: skip
+)
 
 
 class BuildError(Exception):
     """A build failed; the message names the step (file:line) and the cause."""
 
-    def __init__(self, message: str, steps: list[dict[str, Any]] | None = None,
-                 output: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        steps: list[dict[str, Any]] | None = None,
+        output: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.steps = steps or []
         self.output = output or []
@@ -195,7 +203,7 @@ class BuildResult:
 def timestamp(epoch: float) -> str:
     """RFC 3339 UTC with nanoseconds, as Docker and buildah write ``created``."""
     moment = datetime.fromtimestamp(int(epoch), tz=timezone.utc)
-    nanos = int(round((epoch - int(epoch)) * 1e9))
+    nanos = round((epoch - int(epoch)) * 1e9)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos:09d}Z" if nanos else "Z")
 
 
@@ -333,9 +341,10 @@ class Builder:
         return ctx.sources_digest(matches)
 
     def stage_of(self, name: str, step: PlanStep) -> int | None:
-        plan = self.plan_
-        for index in step.mount_stages if plan is not None else []:
-            stage = plan.stages[index]
+        if self.plan_ is None:
+            return None
+        for index in step.mount_stages:
+            stage = self.plan_.stages[index]
             if name.lower() in (stage.name, str(index)):
                 return index
         return None
@@ -396,9 +405,7 @@ class Builder:
         else:
             layer = record.layer
             result.layers.append(
-                LayerRef(
-                    layer.digest, layer.diff_id, layer.media_type, layer.size, record.chain_id
-                )  # fmt: skip
+                LayerRef(layer.digest, layer.diff_id, layer.media_type, layer.size, record.chain_id)
             )
         result.history.append(entry)
         result.key = record.key
@@ -450,7 +457,15 @@ class Builder:
         epoch = self.request.source_date_epoch
         mtime = epoch if epoch is not None else int(time.time())
         for doc in instr.heredoc_sources:
-            bc.write_heredoc(merged, step.dest, doc.name, doc.content, owner, instr.chmod, mtime)
+            bc.write_heredoc(
+                merged,
+                step.dest,
+                doc.name,
+                doc.content,
+                owner=owner,
+                chmod=instr.chmod,
+                mtime=mtime,
+            )
         for url in step.remote_sources:
             fetched = self.fetch(url, instr.checksum)
             bc.write_fetched(merged, step.dest, fetched, owner, instr.chmod)
@@ -460,9 +475,16 @@ class Builder:
         with self.source_root(step, work) as (src_root, keep_owner, matcher):
             matches = ctx.context_sources(str(src_root), local, matcher, instr.excludes)
             bc.copy_matches(
-                merged, src_root, matches, step.dest, owner=owner, chmod=instr.chmod,
-                keep_owner=keep_owner, parents=instr.parents, extract=instr.add,
-            )  # fmt: skip
+                merged,
+                src_root,
+                matches,
+                step.dest,
+                owner=owner,
+                chmod=instr.chmod,
+                keep_owner=keep_owner,
+                parents=instr.parents,
+                extract=instr.add,
+            )
 
     @contextlib.contextmanager
     def source_root(
@@ -514,7 +536,13 @@ class Builder:
                 return Path(bc.resolve_in_root(str(root), mount.source or "/"))
 
             outcome = run_step(
-                self.runtime, request, merged, upper, work, self.store.root, bind_source
+                self.runtime,
+                request,
+                rootfs=merged,
+                upper=upper,
+                work=work,
+                store_root=self.store.root,
+                bind_source=bind_source,
             )
         self.output.append({"instruction": step.created_by, "output": outcome.output})
 
@@ -523,7 +551,8 @@ class Builder:
     def image_config(self, result: StageResult) -> dict[str, Any]:
         config = result.config.to_oci()
         if self.request.labels:
-            labels = dict(config.get("Labels") or {})
+            current = config.get("Labels")
+            labels = dict(current) if isinstance(current, dict) else {}
             labels.update(self.request.labels)
             config["Labels"] = labels
         doc: dict[str, Any] = {
@@ -546,7 +575,7 @@ class Builder:
         layers = [Descriptor(x.media_type, x.digest, x.size) for x in result.layers]
         return config_bytes, build_oci_manifest(config_desc, layers)
 
-    # -- the whole build ----------------------------------------------------------------------------
+    # -- the whole build --------------------------------------------------------------------------
 
     def build(self) -> BuildResult:
         plan = self.plan_ = self.plan()
@@ -562,23 +591,44 @@ class Builder:
             for index in plan.needed:
                 self.results[index] = self.build_stage(plan.stages[index])
                 if self.missed:
-                    return BuildResult(True, None, previous_digest, reference, self.steps,
-                                       self.output, self.warnings, complete=False)  # fmt: skip
+                    return BuildResult(
+                        True,
+                        None,
+                        previous_digest,
+                        reference,
+                        self.steps,
+                        self.output,
+                        self.warnings,
+                        complete=False,
+                    )
             final = self.results[plan.target]
             config_bytes, manifest = self.manifest(final)
             digest = sha256_digest(manifest)
             if self.request.check_mode:
-                return BuildResult(digest != previous_digest, digest, previous_digest, reference,
-                                   self.steps, self.output, self.warnings,
-                                   sha256_digest(config_bytes))  # fmt: skip
+                return BuildResult(
+                    digest != previous_digest,
+                    digest,
+                    previous_digest,
+                    reference,
+                    self.steps,
+                    self.output,
+                    self.warnings,
+                    sha256_digest(config_bytes),
+                )
             self.store.ingest_bytes(config_bytes)
             imported = import_image(
                 self.store, reference, blobs_in_store_source(self.store, manifest)
             )
             return BuildResult(
-                imported.previous_digest != digest, digest, previous_digest, reference,
-                self.steps, self.output, self.warnings, sha256_digest(config_bytes),
-            )  # fmt: skip
+                imported.previous_digest != digest,
+                digest,
+                previous_digest,
+                reference,
+                self.steps,
+                self.output,
+                self.warnings,
+                sha256_digest(config_bytes),
+            )
         finally:
             self.cleanup()
 

@@ -35,7 +35,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import (
     OCI_LAYER_FOR,
@@ -182,7 +182,7 @@ class _LayerTar:
     def __init__(self, root: str, sink: _BlobSink, epoch: int | None) -> None:
         self.root = root
         self.tar = tarfile.open(  # noqa: SIM115 -- closed in run()
-            fileobj=sink,  # type: ignore[arg-type]
+            fileobj=cast(IO[bytes], sink),
             mode="w|",
             format=tarfile.PAX_FORMAT,
             encoding="utf-8",
@@ -219,9 +219,9 @@ class _LayerTar:
         self.entries += 1
 
     def _walk(self, rel: str) -> None:
-        path = os.path.join(self.root, rel) if rel else self.root
+        path = f"{self.root}/{rel}" if rel else self.root
         try:
-            names = sorted(os.listdir(path), key=os.fsencode)
+            names = sorted((p.name for p in Path(path).iterdir()), key=os.fsencode)
         except OSError as exc:
             raise LayerBuildError(f"cannot read layer directory {path}: {exc.strerror}") from exc
         if rel and _xattrs(path).get(OPAQUE_XATTR) == b"y":
@@ -232,7 +232,7 @@ class _LayerTar:
             self._entry(f"{rel}/{name}" if rel else name, name)
 
     def _entry(self, rel: str, name: str) -> None:
-        path = os.path.join(self.root, rel)
+        path = f"{self.root}/{rel}"
         info = os.lstat(path)
         kind = stat.S_IFMT(info.st_mode)
         if kind == stat.S_IFCHR and info.st_rdev == 0:
@@ -249,8 +249,10 @@ class _LayerTar:
             for key, value in _xattrs(path).items()
             if not key.startswith(OVERLAY_XATTR_PREFIX)
         }
+        pax: dict[str, str] = {}
         for key, value in sorted(xattrs.items()):
-            entry.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+            pax["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+        entry.pax_headers = pax
         if kind == stat.S_IFDIR:
             entry.type = tarfile.DIRTYPE
             self._add(entry)
@@ -259,7 +261,7 @@ class _LayerTar:
             self._file(entry, info, path)
         elif kind == stat.S_IFLNK:
             entry.type = tarfile.SYMTYPE
-            entry.linkname = os.readlink(path)
+            entry.linkname = str(Path(path).readlink())
             self._add(entry)
         elif kind in (stat.S_IFCHR, stat.S_IFBLK):
             entry.type = tarfile.CHRTYPE if kind == stat.S_IFCHR else tarfile.BLKTYPE
@@ -325,7 +327,7 @@ def clean_overlay_xattrs(root: str) -> None:
     """Drop overlay bookkeeping attributes (origin, impure, ...) except ``opaque``."""
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames, ""]:
-            path = os.path.join(dirpath, name) if name else dirpath
+            path = f"{dirpath}/{name}" if name else dirpath
             try:
                 keys = os.listxattr(path, follow_symlinks=False)
             except OSError:
@@ -351,7 +353,7 @@ def install_layer_dir(store: Store, chain_id: str, layer: BuiltLayer, diff_dir: 
             return
         work = Path(tempfile.mkdtemp(prefix=f"layer-{hexid[:12]}-", dir=store.tmp_dir))
         try:
-            os.rename(diff_dir, work / "diff")
+            Path(diff_dir).rename(work / "diff")
             meta = {
                 "chain_id": chain_id,
                 "diff_id": layer.diff_id,

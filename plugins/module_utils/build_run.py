@@ -92,8 +92,14 @@ def _spec_mounts(
     for mount in request.mounts:
         target = mount.target if mount.target.startswith("/") else "/" + mount.target
         if mount.type == "tmpfs":
-            out.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
-                        "options": ["nosuid", "nodev", "mode=1777"]})  # fmt: skip
+            out.append(
+                {
+                    "destination": target,
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "mode=1777"],
+                }
+            )
             continue
         if mount.type == "cache":
             source = _cache_dir(store_root, mount)
@@ -114,14 +120,21 @@ def _spec_mounts(
                 "bind, cache or tmpfs"
             )
         options = ["rbind", "ro" if readonly else "rw", "nosuid", "nodev"]
-        out.append({"destination": target, "type": "bind", "source": str(source),
-                    "options": options})  # fmt: skip
+        out.append(
+            {"destination": target, "type": "bind", "source": str(source), "options": options}
+        )
     for index, (path, body) in enumerate(sorted(request.inline_files.items())):
         script = work / f"inline-{index}"
         script.write_text(body)
         script.chmod(0o755)
-        out.append({"destination": path, "type": "bind", "source": str(script),
-                    "options": ["rbind", "ro", "nosuid", "nodev"]})  # fmt: skip
+        out.append(
+            {
+                "destination": path,
+                "type": "bind",
+                "source": str(script),
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            }
+        )
     return out
 
 
@@ -187,6 +200,7 @@ def _drop_created_mountpoints(upper: Path, created: list[str]) -> None:
 def run_step(
     runtime: rt.OCIRuntime,
     request: RunRequest,
+    *,
     rootfs: Path,
     upper: Path,
     work: Path,
@@ -201,8 +215,7 @@ def run_step(
     mounts = _spec_mounts(request, store_root, work, bind_source)
     config = runtime_config(request, rootfs, mounts)
     workdir_path = rs.resolve_in_root(str(rootfs), config["process"]["cwd"])
-    if not os.path.isdir(workdir_path):
-        os.makedirs(workdir_path, mode=0o755, exist_ok=True)
+    Path(workdir_path).mkdir(mode=0o755, parents=True, exist_ok=True)
     points = [str(m["destination"]) for m in config["mounts"]]
     before = _existing(rootfs, points)
     (bundle / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))

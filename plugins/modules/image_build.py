@@ -235,10 +235,20 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_runtime import OC
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import StoreError
 
 ERRORS = (
-    BuildError, CopyError, LayerBuildError, RootfsError, DockerfileError, ContextError,
-    SourceError, ManifestError, InvalidReference, OCIRuntimeError, StoreError, OSError,
+    BuildError,
+    CopyError,
+    LayerBuildError,
+    RootfsError,
+    DockerfileError,
+    ContextError,
+    SourceError,
+    ManifestError,
+    InvalidReference,
+    OCIRuntimeError,
+    StoreError,
+    OSError,
     ValueError,
-)  # fmt: skip
+)
 
 
 def read_request(module: AnsibleModule) -> BuildRequest:
@@ -294,7 +304,7 @@ def main() -> None:
                 "choices": ["gzip", "zstd", "none"],
             },
             "store": {"type": "path", "default": "/var/lib/lapis"},
-        },  # fmt: skip
+        },
         mutually_exclusive=[("dockerfile", "dockerfile_content")],
         required_one_of=[("path", "dockerfile_content")],
         supports_check_mode=True,

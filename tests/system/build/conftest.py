@@ -59,8 +59,11 @@ def store(tmp_path: Path, base_layout: Path) -> Iterator[Path]:
     runtime_root = path / "build" / "runtime"
     if runtime_root.is_dir():
         for child in runtime_root.iterdir():
-            subprocess.run(["runc", "--root", str(runtime_root), "delete", "--force", child.name],
-                           capture_output=True, check=False)  # fmt: skip
+            subprocess.run(
+                ["runc", "--root", str(runtime_root), "delete", "--force", child.name],
+                capture_output=True,
+                check=False,
+            )
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     for line in mounts:
         target = line.split()[4]
@@ -87,8 +90,15 @@ def containers_storage(tmp_path: Path) -> Iterator[str]:
     yield f"[vfs@{root / 'root'}+{run}]"
     for tool in ("buildah", "podman"):
         if shutil.which(tool):
-            base = [tool, "--root", str(root / "root"), "--runroot", str(run),
-                    "--storage-driver", "vfs"]  # fmt: skip
+            base = [
+                tool,
+                "--root",
+                str(root / "root"),
+                "--runroot",
+                str(run),
+                "--storage-driver",
+                "vfs",
+            ]
             if tool == "buildah":
                 subprocess.run([*base, "rm", "--all"], capture_output=True, check=False)
             else:
@@ -104,8 +114,9 @@ def buildah(containers_storage: str) -> Tool:
     if shutil.which("buildah") is None:
         pytest.skip("buildah is not installed")
     root, run = containers_storage[5:-1].split("+")
-    return _tool("buildah", ["buildah", "--root", root, "--runroot", run,
-                             "--storage-driver", "vfs"])  # fmt: skip
+    return _tool(
+        "buildah", ["buildah", "--root", root, "--runroot", run, "--storage-driver", "vfs"]
+    )
 
 
 @pytest.fixture
@@ -113,9 +124,22 @@ def podman(containers_storage: str) -> Tool:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed")
     root, run = containers_storage[5:-1].split("+")
-    return _tool("podman", ["podman", "--root", root, "--runroot", run,
-                            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
-                            "--events-backend", "none"])  # fmt: skip
+    return _tool(
+        "podman",
+        [
+            "podman",
+            "--root",
+            root,
+            "--runroot",
+            run,
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ],
+    )
 
 
 @pytest.fixture

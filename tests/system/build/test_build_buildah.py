@@ -31,14 +31,25 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Stor
 from ansible_collections.lapis.layers.tests.system.build.conftest import BASE, Tool
 from ansible_collections.lapis.layers.tests.system.layers.tree_snapshot import snapshot
 
-CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Labels",
-                 "Volumes", "StopSignal")  # fmt: skip
+CONFIG_FIELDS = (
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Labels",
+    "Volumes",
+    "StopSignal",
+)
 
 
-def build(store: Path, context: Path, text: str, name: str = "localhost/out:1",
-          **kwargs: Any) -> BuildResult:  # fmt: skip
-    request = BuildRequest(store=str(store), context=str(context), dockerfile_text=text,
-                           name=name, **kwargs)  # fmt: skip
+def build(
+    store: Path, context: Path, text: str, name: str = "localhost/out:1", **kwargs: Any
+) -> BuildResult:
+    request = BuildRequest(
+        store=str(store), context=str(context), dockerfile_text=text, name=name, **kwargs
+    )
     return build_image(request)
 
 
@@ -76,8 +87,22 @@ def buildah_base(buildah: Tool, layout: Path) -> None:
 
 def buildah_build(buildah: Tool, context: Path, text: str, out: Path, *args: str) -> None:
     (context / "Dockerfile").write_text(text)
-    buildah("bud", "--runtime", "runc", "--isolation", "oci", "--pull-never", "-q", "--layers",
-            "--format", "oci", "-t", "localhost/theirs:1", *args, str(context))  # fmt: skip
+    buildah(
+        "bud",
+        "--runtime",
+        "runc",
+        "--isolation",
+        "oci",
+        "--pull-never",
+        "-q",
+        "--layers",
+        "--format",
+        "oci",
+        "-t",
+        "localhost/theirs:1",
+        *args,
+        str(context),
+    )
     buildah("push", "localhost/theirs:1", f"oci:{out}:theirs")
 
 
@@ -104,8 +129,11 @@ def compare_trees(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
     for path in BUILDAH_ARTIFACTS:
         if path not in ours:
             theirs.pop(path, None)
-    diffs = {p: (ours.get(p), theirs.get(p)) for p in sorted(set(ours) | set(theirs))
-             if ours.get(p) != theirs.get(p)}  # fmt: skip
+    diffs = {
+        p: (ours.get(p), theirs.get(p))
+        for p in sorted(set(ours) | set(theirs))
+        if ours.get(p) != theirs.get(p)
+    }
     assert diffs == {}
 
 
@@ -117,7 +145,7 @@ CASES = {
             "dir/c.txt": "c\n",
             "skip.log": "no\n",
             ".dockerignore": "*.log\n",
-        },  # fmt: skip
+        },
         "FROM " + BASE + "\n"
         "ENV APP=/app PATH=/usr/local/bin:/bin:/usr/bin\n"
         "LABEL org.example.name=demo version=1\n"
@@ -147,16 +175,19 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_as_buildah(case: str, store: Path, base_layout: Path, buildah: Tool,
-                         tmp_path: Path) -> None:  # fmt: skip
+def test_same_as_buildah(
+    case: str, store: Path, base_layout: Path, buildah: Tool, tmp_path: Path
+) -> None:
     files, text = CASES[case]
     context = write_tree(tmp_path / "context", {**files, "Dockerfile": text})
     build(store, context, text)
     buildah_base(buildah, base_layout)
     out = tmp_path / "theirs-layout"
     buildah_build(buildah, context, text, out)
-    compare_trees(our_tree(store, "localhost/out:1", tmp_path / "o"),
-                  tree_of_layout(out, "theirs", tmp_path / "t"))  # fmt: skip
+    compare_trees(
+        our_tree(store, "localhost/out:1", tmp_path / "o"),
+        tree_of_layout(out, "theirs", tmp_path / "t"),
+    )
     ours, theirs = our_config(store, "localhost/out:1"), their_config(out)
     # buildah moves a replaced ENV variable to the end; Docker keeps its place (as we do)
     ours["Env"], theirs["Env"] = sorted(ours.get("Env") or []), sorted(theirs.get("Env") or [])
@@ -166,8 +197,9 @@ def test_same_as_buildah(case: str, store: Path, base_layout: Path, buildah: Too
 
 def test_heredocs_exclude_parents(store: Path, tmp_path: Path) -> None:
     """Newer syntax buildah 1.28 lacks, checked against the expected tree."""
-    context = write_tree(tmp_path / "context", {"src/a/x.txt": "x", "src/a/y.log": "y",
-                                                "src/b/z.txt": "z"})  # fmt: skip
+    context = write_tree(
+        tmp_path / "context", {"src/a/x.txt": "x", "src/a/y.log": "y", "src/b/z.txt": "z"}
+    )
     text = (
         "FROM " + BASE + "\nARG WHO=world\n"
         "COPY <<EOF /greeting.txt\nhello $WHO\nEOF\n"
@@ -194,8 +226,8 @@ def test_add_archive_and_workdir(store: Path, tmp_path: Path) -> None:
     context = tmp_path / "context"
     payload = write_tree(tmp_path / "payload", {"pkg/bin/run": "#!/bin/sh\n", "pkg/README": "r"})
     context.mkdir()
-    for name, mode in (("p.tar.gz", "w:gz"), ("p.tar.bz2", "w:bz2"), ("p.tar.xz", "w:xz")):
-        with tarfile.open(context / name, mode) as archive:
+    for name in ("p.tar.gz", "p.tar.bz2", "p.tar.xz"):
+        with tarfile.open(context / name, "w:" + name.rsplit(".", 1)[1]) as archive:  # type: ignore[call-overload]
             archive.add(payload / "pkg", arcname="pkg")
     text = (
         "FROM " + BASE + "\nADD p.tar.gz /gz/\nADD p.tar.bz2 /bz2/\nADD p.tar.xz /xz\n"
@@ -245,8 +277,14 @@ def test_source_date_epoch_reproducible(tmp_path: Path, base_layout: Path) -> No
         context = write_tree(tmp_path / run / "ctx", {"f.txt": "same", "d/g.txt": "g"})
         text = "FROM " + BASE + "\nCOPY . /c/\nRUN echo x > /x && rm /bin/true\nENV A=1\n"
         for compression in ("gzip", "zstd"):
-            result = build(store, context, text, name=f"localhost/r:{compression}",
-                           source_date_epoch=1700000000, compression=compression)  # fmt: skip
+            result = build(
+                store,
+                context,
+                text,
+                name=f"localhost/r:{compression}",
+                source_date_epoch=1700000000,
+                compression=compression,
+            )
             digests.append(result.digest)
     assert digests[0] == digests[2] and digests[1] == digests[3] and digests[0] != digests[1]
 
@@ -262,24 +300,48 @@ def test_run_failure_names_the_line(store: Path, tmp_path: Path) -> None:
 
 
 def test_podman_runs_our_image_and_we_build_on_buildah(
-    store: Path, base_layout: Path, tmp_path: Path, buildah: Tool, podman: Tool,
-    skopeo: Tool, containers_storage: str,
-) -> None:  # fmt: skip
+    store: Path,
+    *,
+    base_layout: Path,
+    tmp_path: Path,
+    buildah: Tool,
+    podman: Tool,
+    skopeo: Tool,
+    containers_storage: str,
+) -> None:
     context = write_tree(tmp_path / "context", {"msg": "from lapis\n"})
-    build(store, context, "FROM " + BASE + '\nCOPY msg /msg\nRUN echo ran >> /msg\n'
-          'CMD ["cat", "/msg"]\n')  # fmt: skip
-    skopeo("copy", f"oci:{store / 'oci'}:localhost/out:1",
-           f"containers-storage:{containers_storage}localhost/ours:1")  # fmt: skip
-    out = podman("run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024",
-                 "--ulimit", "nproc=1024:1024", "--network", "none", "localhost/ours:1")  # fmt: skip
+    build(
+        store,
+        context,
+        "FROM " + BASE + '\nCOPY msg /msg\nRUN echo ran >> /msg\nCMD ["cat", "/msg"]\n',
+    )
+    skopeo(
+        "copy",
+        f"oci:{store / 'oci'}:localhost/out:1",
+        f"containers-storage:{containers_storage}localhost/ours:1",
+    )
+    out = podman(
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--network",
+        "none",
+        "localhost/ours:1",
+    )
     assert out == "from lapis\nran\n"
     # FROM an image buildah built
     buildah_base(buildah, base_layout)
     layout = tmp_path / "buildah-made"
     buildah_build(buildah, tmp_path / "context", "FROM " + BASE + "\nRUN echo b > /b\n", layout)
     import_image(Store(str(store)), "localhost/theirs:1", open_source("oci", str(layout), "theirs"))
-    result = build(store, context, "FROM localhost/theirs:1\nRUN cat /b > /c\n",
-                   name="localhost/on-buildah:1")  # fmt: skip
+    result = build(
+        store, context, "FROM localhost/theirs:1\nRUN cat /b > /c\n", name="localhost/on-buildah:1"
+    )
     assert result.changed
     tree = our_tree(store, "localhost/on-buildah:1", tmp_path / "o")
     assert tree["c"]["type"] == "file" and tree["b"]["type"] == "file"
