@@ -230,16 +230,31 @@ actions:
     - pull registry.example.com/team/app@sha256:2bfd...
     - tag registry.example.com/team/app:1.2
 transfer:
-  description: What went over the network. RV(transfer.blobs) maps each config and layer
-    digest to V(fetched), V(present) (already in the store) or, in check mode, V(fetch).
+  description: What went over the network (or, in check mode, would go).
   returned: when O(source=registry)
   type: dict
-  sample:
-    blobs: {"sha256:affd...": fetched}
-    bytes: 2791213
-    resumed: 0
-    fetch_seconds: 0.412
-    import_seconds: 0.318
+  contains:
+    blobs:
+      description: Each config and layer digest mapped to V(fetched), V(present) (already
+        in the store) or, in check mode, V(fetch).
+      type: dict
+      sample: {"sha256:affda64aa7257a566c8f27ba4bf30527f115ca96633d84e457aef44b65d8ac8f": fetched}
+    bytes:
+      description: Bytes downloaded.
+      type: int
+      sample: 2791213
+    resumed:
+      description: How often a broken download was resumed.
+      type: int
+      sample: 0
+    fetch_seconds:
+      description: Seconds spent downloading and verifying blobs.
+      type: float
+      sample: 0.412
+    import_seconds:
+      description: Seconds spent unpacking layers, checking diff_ids and tagging.
+      type: float
+      sample: 0.318
 """
 
 from ansible.module_utils.basic import AnsibleModule
