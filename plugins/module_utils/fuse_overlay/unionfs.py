@@ -53,6 +53,8 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 ROOT_INODE = 1
 CACHE_LIMIT = 500_000
+LISTING_LIMIT = 20_000
+Listing = List[Tuple[str, int, os.stat_result]]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _AT_FDCWD = -100
@@ -144,6 +146,9 @@ class UnionCore:
         self.opaque_name = opaque_xattr(config.userxattr)
         self._cache: Dict[str, Optional[Entry]] = {}
         self._tmp = itertools.count()
+        self._listings: Dict[
+            Tuple[Tuple[int, str], ...], List[Tuple[str, int, os.stat_result]]
+        ] = {}
         if self.work is not None:
             Path(self.work).mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -234,7 +239,22 @@ class UnionCore:
         return False
 
     def list_dir(self, entry: Entry) -> List[Tuple[str, int, os.stat_result]]:
-        """Merged listing: ``(name, layer, stat)`` of the topmost object of each visible name."""
+        """Merged listing: ``(name, layer, stat)`` of the topmost object of each visible name.
+
+        Listings of directories that live in lowerdirs only are kept: lowerdirs never change.
+        """
+        key = tuple(entry.dirs)
+        if entry.dirs and entry.dirs[0][0] != 0:
+            cached = self._listings.get(key)
+            if cached is None:
+                cached = self._merge_listing(entry)
+                if len(self._listings) > LISTING_LIMIT:
+                    self._listings.clear()
+                self._listings[key] = cached
+            return cached
+        return self._merge_listing(entry)
+
+    def _merge_listing(self, entry: Entry) -> List[Tuple[str, int, os.stat_result]]:
         seen: Set[str] = set()
         listing: List[Tuple[str, int, os.stat_result]] = []
         for layer, directory in entry.dirs:
@@ -450,6 +470,7 @@ class UnionOperations(_Base):
         self.dir_handles: Dict[int, Tuple[str, List[Tuple[bytes, int, int, os.stat_result]]]] = {}
         self._next_ino = itertools.count(ROOT_INODE + 1)
         self._next_fh = itertools.count(1)
+        self._lower_attrs: Dict[int, Tuple[os.stat_result, Any]] = {}
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -498,6 +519,19 @@ class UnionOperations(_Base):
                 del self.by_path[node.path]
 
     def _attrs(self, ino: int, st: os.stat_result, layer: int) -> Any:
+        if layer != 0:
+            # A lowerdir object never changes: build its reply once per node id.
+            cached = self._lower_attrs.get(ino)
+            if cached is not None and cached[0] is st:
+                return cached[1]
+            attr = self._new_attrs(ino, st, layer)
+            if len(self._lower_attrs) > CACHE_LIMIT:
+                self._lower_attrs.clear()
+            self._lower_attrs[ino] = (st, attr)
+            return attr
+        return self._new_attrs(ino, st, layer)
+
+    def _new_attrs(self, ino: int, st: os.stat_result, layer: int) -> Any:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
         attr.generation = 0
@@ -873,7 +907,9 @@ class UnionOperations(_Base):
         return os.pwrite(self._fd(fh), buf, off)
 
     async def flush(self, fh: int) -> None:
-        return None
+        # Writes go straight to the upper file, so close() has nothing to report. ENOSYS
+        # once tells the kernel to stop sending FLUSH at every close: one round trip less.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
