@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,21 +167,22 @@ def main() -> None:
              f"oci:{layout}:bench", f"docker://{registry.host}/bench/image:1"])  # fmt: skip
         ref = parse_reference(f"{registry.host}/bench/image:1")
         options = RegistryOptions(username=USER, password=PASSWORD, ca_path=str(pki.ca))
-        module_args = {"name": str(ref), "username": USER, "password": PASSWORD}
+        module_args: dict[str, object] = {"name": str(ref), "username": USER, "password": PASSWORD}
         module_args |= {"ca_path": str(pki.ca)}
         env = ansible_env()
         figures: Figures = {key: [] for key in LABELS}
         for n in range(args.rounds):
             dest = work / f"skopeo-{n}"
-            figures["skopeo"].append(timed(lambda d=dest: run(
-                ["skopeo", "--insecure-policy", "copy", *registry.tls_args("src"),
-                 f"docker://{ref}", f"oci:{d}:1"])))  # fmt: skip
+            copy = ["skopeo", "--insecure-policy", "copy", *registry.tls_args("src")]
+            figures["skopeo"].append(
+                timed(partial(run, [*copy, f"docker://{ref}", f"oci:{dest}:1"]))
+            )
             ours = OciLayout(work / f"ours-{n}")
-            figures["fetch"].append(timed(lambda o=ours: RegistryClient(options).pull(ref, o)))
+            figures["fetch"].append(timed(partial(RegistryClient(options).pull, ref, ours)))
             pull_in_store(Store(work / f"store-{n}"), str(ref), options, figures)
             margs = {**module_args, "store": str(work / f"module-store-{n}")}
             module_pull(margs, env, figures)
-            figures["ping"].append(timed(lambda: run(adhoc("ansible.builtin.ping", {}), env)))
+            figures["ping"].append(timed(partial(run, adhoc("ansible.builtin.ping", {}), env)))
             figures["module_minus_ping"].append(figures["module"][-1] - figures["ping"][-1])
             theirs = {p.name for p in (dest / "blobs/sha256").iterdir()}
             if theirs != {p.name for p in (ours.root / "blobs/sha256").iterdir()}:
