@@ -13,11 +13,19 @@ from ansible_collections.lapis.layers.plugins.module_utils.extroot import (
 )
 
 FIXTURES = Path(__file__).parent / "uci_fixtures"
-ALL = sorted(p.name for p in FIXTURES.glob("*.fstab"))
+# Files edited on Windows end their lines with CR LF. Such a file is generated here,
+# not committed: the repository keeps LF line ends only.
+GENERATED = {
+    "crlf.fstab": "config global\n\toption anon_swap '0'\n\nconfig mount 'x'\n"
+    "\toption target '/mnt/x'\n".replace("\n", "\r\n"),
+}
+ALL = sorted([*(p.name for p in FIXTURES.glob("*.fstab")), *GENERATED])
 UUID = "6a1f5c2e-0d4b-4e8a-9c3f-2b7d1e0a9f11"
 
 
 def fixture(name: str) -> str:
+    if name in GENERATED:
+        return GENERATED[name]
     return (FIXTURES / name).read_bytes().decode()
 
 
@@ -64,9 +72,12 @@ def test_multiline_value() -> None:
 
 
 def test_crlf_line_ends() -> None:
-    doc = uci.parse(fixture("crlf.fstab"))
+    text = fixture("crlf.fstab")
+    assert "\r\n" in text
+    doc = uci.parse(text)
     section = doc.find("x")
     assert section is not None and section.get("target") == "/mnt/x"
+    assert uci.render(doc) == text
 
 
 def test_anonymous_index_counts_named_sections_of_the_type() -> None:
