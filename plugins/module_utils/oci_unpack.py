@@ -151,11 +151,18 @@ def apply_unpack(store: Store, plan: UnpackPlan) -> list[str]:
 
 
 def _write_dest(plan: UnpackPlan, lowerdirs: list[str]) -> None:
-    """Build ``flat`` or ``bundle`` beside ``dest`` and rename it into place."""
+    """Build ``flat`` or ``bundle`` beside ``dest`` and rename it into place.
+
+    Called under the lock beside ``dest``, so temporary trees found there are stale.
+    """
     dest = plan.dest
     if dest is None:
         return
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.lapis-tmp-", dir=dest.parent))
+    prefix = f".{dest.name}.lapis-tmp-"
+    for stale in dest.parent.iterdir():  # left by a run that was killed
+        if stale.name.startswith(prefix) and stale.is_dir() and not stale.is_symlink():
+            remove_tree(stale)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
     try:
         if plan.fmt == "flat":
             _flatten(lowerdirs, work / "rootfs")

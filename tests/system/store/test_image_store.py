@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -404,6 +406,66 @@ def test_two_flat_unpacks_at_once_write_dest_once(images, tmp_path):
     assert sorted(queue.get(timeout=5) for _proc in procs) == [False, True]
     engine_unpack(store, "top", tmp_path / "reference")
     assert snapshot(dest) == snapshot(tmp_path / "reference")
+    assert sorted(p.name for p in dest.parent.iterdir()) == [
+        ".flat.lapis-image.json", ".flat.lapis-lock", "flat"]  # fmt: skip
+
+
+def _killed_after(module, name: str, action) -> None:
+    """In a child: run ``action``; SIGKILL this process right after ``module.name`` returns."""
+    real = getattr(module, name)
+
+    def then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    setattr(module, name, then_die)
+    action()
+
+
+def test_import_killed_mid_layer_leaves_no_half_state(images, tmp_path):
+    """SIGKILL after a layer is fully extracted, before its rename: nothing half is visible."""
+    from ansible_collections.lapis.layers.plugins.module_utils import layer_tar  # noqa: PLC0415
+
+    store = tmp_path / "store"
+    ctx = multiprocessing.get_context("fork")
+    action = functools.partial(engine_import, store, "top", "oci", images["top"]["oci"])
+    child = ctx.Process(target=_killed_after, args=(layer_tar, "extract_layer", action))
+    child.start()
+    child.join(300)
+    assert child.exitcode == -signal.SIGKILL
+    assert Store(store).tags() == {}
+    assert Store(store).present_layers() == set()
+    assert list((store / "tmp").iterdir()) != []  # the killed run's work, not yet collected
+
+    again = engine_import(store, "top", "oci", images["top"]["oci"])
+    assert again.changed and again.layers_unpacked == Store(store).resolve("top").chain_ids
+    Store(store).gc()
+    assert list((store / "tmp").iterdir()) == []
+
+
+def test_flat_unpack_killed_before_rename_leaves_dest_untouched(images, tmp_path):
+    """SIGKILL after the tree is built beside dest: dest keeps the old content, the next run
+    removes the leftover and writes dest."""
+    from ansible_collections.lapis.layers.plugins.module_utils import oci_unpack  # noqa: PLC0415
+
+    store = tmp_path / "store"
+    engine_import(store, "top", "oci", images["top"]["oci"])
+    engine_import(store, "other", "oci", images["other"]["oci"])
+    dest = tmp_path / "out" / "flat"
+    engine_unpack(store, "other", dest)
+    before = snapshot(dest)
+    ctx = multiprocessing.get_context("fork")
+    action = functools.partial(engine_unpack, store, "top", dest)
+    child = ctx.Process(target=_killed_after, args=(oci_unpack, "_flatten", action))
+    child.start()
+    child.join(300)
+    assert child.exitcode == -signal.SIGKILL
+    assert snapshot(dest) == before
+    assert oci_unpack.read_marker(dest)["image"] == "docker.io/library/other:latest"
+    assert any(p.name.startswith(".flat.lapis-tmp-") for p in dest.parent.iterdir())
+
+    engine_unpack(store, "top", dest)
+    assert (dest / "opq/b").read_text() == "b\n"
     assert sorted(p.name for p in dest.parent.iterdir()) == [
         ".flat.lapis-image.json", ".flat.lapis-lock", "flat"]  # fmt: skip
 
