@@ -134,9 +134,9 @@ def measure(impl: Impl, lowers: list[Path], work_root: Path) -> dict[str, float]
     impl.mount(mnt, options(lowers, upper, work))
     try:
         walk(mnt)
-        find = min(timed(lambda: walk(mnt)) for _ in range(3))
+        find = min(timed(lambda: walk(mnt)) for _run in range(3))
         first = timed(lambda: read_all(mnt))
-        repeat = min(timed(lambda: read_all(mnt)) for _ in range(2))
+        repeat = min(timed(lambda: read_all(mnt)) for _run in range(2))
         copy = timed(lambda: copy_up(mnt))
         written = sum(1 for p in upper.rglob("*") if p.is_file())
         if written != COPY_UP:

@@ -113,7 +113,7 @@ options:
   logfile:
     description:
       - The file the FUSE daemon logs to (O(backend=fuse) only).
-      - Defaults to C(/var/log/lapis-layers/fuse-overlay-<hash of path>.log); RV(fuse.logfile)
+      - Defaults to C(/var/log/lapis-layers/fuse-overlay-<hash of path>.log); RV(fuse)
         names the file used.
     type: path
   force:

@@ -37,14 +37,14 @@ from ansible_collections.lapis.layers.plugins.module_utils.overlay_checks import
 )
 from ansible_collections.lapis.layers.plugins.module_utils.overlay_plan import OverlayBackend
 
-from . import (
-    daemon,  # noqa: F401 -- imported so that AnsiballZ ships the file install copies
-    install,
-)
+from . import daemon, install
 from . import options as opts
 from .unionfs import HAS_PYFUSE3
 
 BACKENDS = ("kernel", "fuse", "auto")
+# install copies the daemon's source files to the host; AnsiballZ ships only what a
+# module imports, so the daemon is imported here.
+SHIPPED_MODULES = (daemon.__name__, install.__name__)
 FUSE_DEVICE = "/dev/fuse"
 
 

@@ -99,7 +99,7 @@ class Runner:
     def op_big(self, path: str, mib: str) -> None:
         block = bytes(range(256)) * 4096
         with open(self.p(path), "wb") as handle:
-            for _ in range(int(mib)):
+            for _block in range(int(mib)):
                 handle.write(block)
 
     def op_sparse(self, path: str, offset: str, text: str) -> None:

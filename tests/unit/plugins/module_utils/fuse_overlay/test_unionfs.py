@@ -34,9 +34,9 @@ def test_topmost_layer_wins_and_directories_merge(tmp_path: Path) -> None:
     (tmp_path / "l1/d/a").write_text("bottom")
     (tmp_path / "l1/d/b").write_text("only bottom")
     entry = core.require("d")
-    assert [layer for layer, _ in entry.dirs] == [1, 2]
+    assert [layer for layer, _real in entry.dirs] == [1, 2]
     assert core.require("d/a").real == str(tmp_path / "l0/d/a")
-    assert sorted(name for name, _, _ in core.list_dir(entry)) == ["a", "b"]
+    assert sorted(item[0] for item in core.list_dir(entry)) == ["a", "b"]
 
 
 def test_file_above_directory_hides_it(tmp_path: Path) -> None:
