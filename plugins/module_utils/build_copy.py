@@ -380,18 +380,27 @@ def fetch_url(url: str, work: Path, checksum: str = "") -> Fetched:
         Path(tmp).unlink(missing_ok=True)
         raise CopyError(f"ADD cannot download {url}: {exc}") from exc
     digests = {name: f"{name}:{hasher.hexdigest()}" for name, hasher in hashes.items()}
-    if checksum:
-        algo = checksum.partition(":")[0]
-        if digests.get(algo) != checksum:
-            Path(tmp).unlink(missing_ok=True)
-            raise CopyError(
-                f"ADD {url}: checksum mismatch: expected {checksum}, got {digests.get(algo)}"
-            )
+    try:
+        check_checksum(url, digests, checksum)
+    except CopyError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     mtime = None
     if modified:
         parsed = email.utils.parsedate_to_datetime(modified)
         mtime = parsed.timestamp() if parsed is not None else None
     return Fetched(url=url, path=tmp, digests=digests, mtime=mtime)
+
+
+def check_checksum(url: str, digests: dict[str, str], checksum: str) -> None:
+    """Raise CopyError unless the download's digest is ``checksum`` (when one is given)."""
+    if not checksum:
+        return
+    algo = checksum.partition(":")[0]
+    if digests.get(algo) != checksum:
+        raise CopyError(
+            f"ADD {url}: checksum mismatch: expected {checksum}, got {digests.get(algo)}"
+        )
 
 
 def url_basename(url: str) -> str:

@@ -352,7 +352,9 @@ class Builder:
     def fetch(self, url: str, checksum: str) -> bc.Fetched:
         if url not in self.fetched:
             self.fetched[url] = bc.fetch_url(url, self.workdir(), checksum)
-        return self.fetched[url]
+        fetched = self.fetched[url]
+        bc.check_checksum(url, fetched.digests, checksum)
+        return fetched
 
     def workdir(self) -> Path:
         if self.work is None:
