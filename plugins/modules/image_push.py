@@ -13,6 +13,8 @@ description:
   - Every blob the registry already holds in the destination repository is skipped; a blob
     found in one of the O(mount_from) repositories of the same registry is mounted instead
     of uploaded. An image index is pushed with all its platform manifests.
+  - With O(path), writes the image to a path instead, as an OCI layout, an OCI archive or a
+    docker-archive (O(format)).
   - Nothing changes when the destination tag already names the same manifest digest.
 author:
   - lapis.layers contributors (@lapis-layers)
@@ -27,7 +29,25 @@ options:
     description:
       - The registry reference to push to, for example
         V(registry.example.com:5000/team/app:1.2). Default is O(name) itself.
+      - With O(path), the name the image gets there (the layout's
+        C(org.opencontainers.image.ref.name), the docker-archive's C(RepoTags) entry);
+        default is the normalised O(name).
     type: str
+  path:
+    description:
+      - Write the image to this path on the managed host instead of a registry: a directory
+        for O(format=oci) (created, or added to when it is a layout already), a file for the
+        archive formats (written beside it and renamed over it).
+      - The registry options are not used then.
+    type: path
+  format:
+    description:
+      - The format written to O(path). V(oci) is an OCI image layout, V(oci-archive) a tar
+        of one, V(docker-archive) what C(docker load) reads (the layers stay compressed as
+        they are in the store).
+    type: str
+    choices: [oci, oci-archive, docker-archive]
+    default: oci
   mount_from:
     description:
       - Repositories on the destination registry (without the host, for example
@@ -61,9 +81,8 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - Writing an image to a path as an OCI layout, OCI archive or docker-archive is not part
-    of this module yet. The store's C(oci/) directory is an OCI layout, so
-    C(skopeo copy oci:/var/lib/lapis/oci:NAME oci-archive:/tmp/x.tar) does it meanwhile.
+  - An archive written to O(path) holds exactly one image; a second image written to the same
+    file replaces the first. An OCI layout directory collects several.
   - A chunked upload that breaks off is not resumed; the push fails and can simply be run
     again (blobs that arrived are then skipped).
   - Credential helpers (C(credsStore), C(credHelpers) in the auth file) are not run; give
@@ -83,6 +102,12 @@ EXAMPLES = r"""
     mount_from:
       - team/base
 
+- name: Write the web image as a docker-archive for docker load
+  lapis.layers.image_push:
+    name: web:2024.06
+    path: /srv/export/web-2024.06.tar
+    format: docker-archive
+
 - name: Push to a registry with a private CA, credentials from podman login
   lapis.layers.image_push:
     name: registry.internal:5000/tools/busybox:1.36
@@ -91,7 +116,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 reference:
-  description: The normalised destination reference.
+  description: The normalised destination reference (with O(path), the name given there).
   returned: always
   type: str
   sample: registry.example.com/team/web:2024.06
@@ -107,7 +132,8 @@ previous_digest:
   sample: null
 blobs:
   description: What happened to each blob of the image, by digest
-    (C(exists), C(mounted), C(uploaded) or C(chunked)). Empty when nothing was pushed.
+    (C(exists), C(mounted), C(uploaded) or C(chunked); C(written) with O(path)). Empty
+    when nothing was pushed.
   returned: always
   type: dict
   sample: {"sha256:affda64aa7257a566c8f27ba4bf30527f115ca96633d84e457aef44b65d8ac8f": uploaded}
@@ -122,10 +148,19 @@ actions:
   type: list
   elements: str
   sample: ["push web:2024.06 (sha256:2bfd...) to registry.example.com/team/web:2024.06"]
+path:
+  description: The path written to.
+  returned: when O(path) is given
+  type: str
+  sample: /srv/export/web-2024.06.tar
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lapis.layers.plugins.module_utils.image_export import (
+    ExportError,
+    export_image,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import ManifestError
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
 from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
@@ -137,7 +172,34 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_transport im
     RegistryError,
 )
 
-ERRORS = (RegistryError, StoreError, ManifestError, ValueError, OSError)
+ERRORS = (RegistryError, StoreError, ManifestError, ExportError, ValueError, OSError)
+
+
+def write_to_path(module: AnsibleModule) -> dict:
+    """``path``: write the image as an OCI layout or archive; the module's result."""
+    p = module.params
+    done = export_image(
+        Store(p["store"]),
+        p["name"],
+        p["path"],
+        p["format"],
+        ref_name=p["dest"],
+        check_mode=module.check_mode,
+    )
+    return {
+        "changed": done.changed,
+        "reference": done.ref_name,
+        "path": done.path,
+        "digest": done.digest,
+        "previous_digest": done.previous_digest,
+        "blobs": dict.fromkeys(done.blobs, "written") if done.changed else {},
+        "bytes": 0,
+        "actions": done.actions,
+        "diff": {
+            "before": {"path": done.path, "digest": done.previous_digest},
+            "after": {"path": done.path, "digest": done.digest},
+        },
+    }
 
 
 def main() -> None:
@@ -147,12 +209,23 @@ def main() -> None:
             "dest": {"type": "str"},
             "mount_from": {"type": "list", "elements": "str", "default": []},
             "chunk_size": {"type": "int", "default": 0},
+            "path": {"type": "path"},
+            "format": {
+                "type": "str",
+                "default": "oci",
+                "choices": ["oci", "oci-archive", "docker-archive"],
+            },
             "store": {"type": "path", "default": "/var/lib/lapis"},
             **REGISTRY_ARGUMENT_SPEC,
         },
         supports_check_mode=True,
     )
     p = module.params
+    if p["path"]:
+        try:
+            module.exit_json(**write_to_path(module))
+        except ERRORS as exc:
+            module.fail_json(msg=f"image {p['name']}: {exc}")
     try:
         if p["chunk_size"] < 0:
             raise ValueError("chunk_size must be 0 (one request per blob) or a byte count")
