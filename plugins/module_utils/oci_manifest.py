@@ -60,6 +60,7 @@ _GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "a
             "armv7l": "arm", "armv6l": "arm", "i386": "386", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
             "mips": "mips", "mipsel": "mipsle"}  # fmt: skip
+_GO_VARIANT = {"aarch64": "v8", "arm64": "v8", "armv7l": "v7", "armv6l": "v6"}
 
 
 class ManifestError(ValueError):
@@ -265,14 +266,37 @@ def host_platform() -> tuple[str, str]:
     return "linux", _GO_ARCH.get(machine, machine)
 
 
+def host_variant() -> str:
+    """This host's CPU variant in OCI terms (``v6``, ``v7``, ``v8``), or ``""``."""
+    return _GO_VARIANT.get(platform.machine().lower(), "")
+
+
+def _variant(plat: dict[str, Any]) -> str:
+    """An index entry's variant, the usual default filled in (arm64: v8, arm: v7)."""
+    arch = plat.get("architecture")
+    return str(plat.get("variant") or {"arm64": "v8", "arm": "v7"}.get(str(arch), ""))
+
+
 def pick_platform(entries: list[Descriptor], what: str) -> Descriptor:
-    """The entry of an image index for this host's platform; ``ManifestError`` when none."""
+    """The entry of an image index for this host's platform; ``ManifestError`` when none.
+
+    Among entries for the host's os and architecture, the one with the host's variant
+    (``linux/arm/v6`` on an ARMv6 host) is preferred, else the first.
+    """
     want_os, want_arch = host_platform()
     images = [e for e in entries if e.media_type in MANIFEST_TYPES]
-    for entry in images:
-        plat = entry.platform or {}
-        if plat.get("os") == want_os and plat.get("architecture") == want_arch:
+    matching = [
+        entry
+        for entry in images
+        if (entry.platform or {}).get("os") == want_os
+        and (entry.platform or {}).get("architecture") == want_arch
+    ]
+    variant = host_variant()
+    for entry in matching:
+        if variant and _variant(entry.platform or {}) == variant:
             return entry
+    if matching:
+        return matching[0]
     if len(images) == 1 and not images[0].platform:
         return images[0]
     offered = sorted(

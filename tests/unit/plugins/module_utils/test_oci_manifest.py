@@ -141,6 +141,23 @@ def test_pick_platform(monkeypatch):
         pick_platform(parse_index(index)[:1], "x")
 
 
+def test_pick_platform_prefers_the_host_variant(monkeypatch):
+    module = "ansible_collections.lapis.layers.plugins.module_utils.oci_manifest"
+    monkeypatch.setattr(f"{module}.host_platform", lambda: ("linux", "arm"))
+    index = json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": D1, "size": 1,
+         "platform": {"os": "linux", "architecture": "arm"}},
+        {"mediaType": OCI_MANIFEST, "digest": D2, "size": 1,
+         "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
+    ]}).encode()  # fmt: skip
+    monkeypatch.setattr(f"{module}.host_variant", lambda: "v6")
+    assert pick_platform(parse_index(index), "x").digest == D2
+    monkeypatch.setattr(f"{module}.host_variant", lambda: "v7")  # no variant means v7
+    assert pick_platform(parse_index(index), "x").digest == D1
+    monkeypatch.setattr(f"{module}.host_variant", lambda: "v5")  # none fits: the first
+    assert pick_platform(parse_index(index), "x").digest == D1
+
+
 def test_docker_manifest_to_oci_keeps_blobs_and_is_stable():
     docker = json.dumps({
         "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
