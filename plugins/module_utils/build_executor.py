@@ -270,6 +270,13 @@ class Builder:
     # -- stages -------------------------------------------------------------------------------
 
     def start_stage(self, stage: PlanStage) -> StageResult:
+        host = Platform.host()
+        if (stage.platform.os, stage.platform.architecture) != (host.os, host.architecture):
+            raise BuildError(
+                f"{stage.loc.filename}:{stage.loc.start_line}: stage {stage.name or stage.index} "
+                f"is for platform {stage.platform}; this builder only builds for the host's "
+                f"platform {host}"
+            )
         if stage.base_stage is not None:
             result = self.results[stage.base_stage].copy()
             result.key = self.seed(result.key)
@@ -308,28 +315,39 @@ class Builder:
     def sources_digest(self, step: PlanStep) -> str | None:
         """Content digest of what the step reads; None when unknown without acting."""
         instr = step.instruction
-        parts: list[str] = []
+        parts: list[str] | None = []
         if isinstance(instr, CopyInstr):
-            if step.source_stage is not None:
-                parts.append(self.results[step.source_stage].key)
-            elif step.source_image:
-                parts.append(self.base_image(step.source_image).manifest_digest)
-            else:
-                matches = ctx.instruction_sources(str(self.context), instr, self.matcher)
-                parts.append(ctx.sources_digest(matches))
-            for url in step.remote_sources:
-                if instr.checksum:
-                    parts.append(instr.checksum)
-                elif self.request.check_mode:
-                    return None
-                else:
-                    parts.append(self.fetch(url, "").digest)
+            parts = self.copy_sources(step, instr)
         elif isinstance(instr, RunInstr):
-            for mount in instr.mounts:
-                if mount.type != "bind":
-                    continue
-                parts.append(self.mount_digest(mount, step))
+            if instr.security == "insecure":
+                raise BuildError("RUN --security=insecure is not supported by this builder")
+            parts = [self.mount_digest(m, step) for m in instr.mounts if m.type == "bind"]
+        if parts is None:
+            return None
         return sha256_digest("\n".join(parts).encode()) if parts else ""
+
+    def copy_sources(self, step: PlanStep, instr: CopyInstr) -> list[str] | None:
+        parts: list[str] = []
+        if step.source_stage is not None:
+            parts.append(self.results[step.source_stage].key)
+        elif step.source_image:
+            parts.append(self.base_image(step.source_image).manifest_digest)
+        else:
+            matches = ctx.instruction_sources(str(self.context), instr, self.matcher)
+            parts.append(ctx.sources_digest(matches))
+        for url in step.remote_sources:
+            if not url.startswith(("http://", "https://")) or url.endswith(".git"):
+                raise BuildError(
+                    f"ADD {url}: Git sources are not supported by this builder; expected an "
+                    "http(s) URL of a file (clone the repository into the context instead)"
+                )
+            if instr.checksum:
+                parts.append(instr.checksum)
+            elif self.request.check_mode:
+                return None
+            else:
+                parts.append(self.fetch(url, "").digest)
+        return parts
 
     def mount_digest(self, mount: Mount, step: PlanStep) -> str:
         if mount.from_:
