@@ -19,6 +19,7 @@ One directory per container::
         monitor.pid      pid of conmon or of our reaper; container.pid the container's init
     <store>/containers/.runtime/    the runtime's state root (``runc --root``)
     <store>/containers/.locks/      flock files, one per container name
+    <store>/containers/.validated/  marks of config.json contents already found valid
 
 The flow is gather (:func:`inspect`), decide (:func:`plan`), act (:func:`apply`): the plan is
 a list of action names and a before/after diff, returned unchanged in check mode.
@@ -215,6 +216,10 @@ class ContainerPaths:
     @property
     def runtime_root(self) -> Path:
         return self.root / ".runtime"
+
+    @property
+    def validated_dir(self) -> Path:
+        return self.root / ".validated"
 
     @property
     def lock_file(self) -> Path:
@@ -558,7 +563,7 @@ class Engine:
         )
         try:
             config = rs.runtime_config_from_image(image.config, str(self.paths.rootfs), options)
-            rs.validate_runtime_config(config)
+            rs.validate_runtime_config(config, str(self.paths.validated_dir))
         except rs.RuntimeSpecError as exc:
             raise ContainerError(f"Container {self.paths.name}: {exc}") from exc
         program = config["process"]["args"][0]
@@ -572,6 +577,9 @@ class Engine:
     # -- start and run ------------------------------------------------------------------------
 
     def _remount(self) -> None:
+        """Mount the rootfs again (after a stop or a reboot); a no-op when it is mounted."""
+        if is_mounted(self.paths.rootfs):
+            return
         meta = rt.read_json(str(self.paths.meta)) or {}
         image = self.images.use(self.paths.name, str(meta.get("image")))
         mount_rootfs(self.paths, image.lowerdirs)

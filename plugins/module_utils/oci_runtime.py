@@ -136,7 +136,13 @@ class OCIRuntime:
         return proc
 
     def state(self, container_id: str) -> RuntimeState | None:
-        """The container's state, or None when the runtime does not know it."""
+        """The container's state, or None when the runtime does not know it.
+
+        runc and crun keep a container's state in ``<root>/<id>/``; without that directory
+        the runtime does not know the container, and no process is started to ask it.
+        """
+        if not Path(self.root, container_id).exists():
+            return None
         proc = self._run("state", container_id, check=False)
         if proc.returncode != 0:
             if "does not exist" in proc.stderr or "not found" in proc.stderr.lower():

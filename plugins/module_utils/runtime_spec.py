@@ -15,6 +15,9 @@ Nothing here runs a runtime; :mod:`oci_runtime` does that.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import json
 import os
 import posixpath
 import re
@@ -25,23 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    import jsonschema
-except ImportError as exc:  # pragma: no cover - depends on the managed host
-    jsonschema = None
-    JSONSCHEMA_IMPORT_ERROR: ImportError | None = exc
-else:
-    JSONSCHEMA_IMPORT_ERROR = None
-
-try:
-    import referencing
-    import referencing.jsonschema
-except ImportError:  # pragma: no cover - jsonschema before 4.18 has no referencing
-    HAS_REFERENCING = False
-else:
-    HAS_REFERENCING = True
-
-from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec_schema import SCHEMAS
+# jsonschema (with referencing) takes a good part of the module's start-up time, so it is
+# imported only when a config is actually validated (see :func:`validate_runtime_config`).
+JSONSCHEMA_IMPORT_ERROR: ImportError | None = (
+    None
+    if importlib.util.find_spec("jsonschema") is not None
+    else ImportError("No module named 'jsonschema'")
+)
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -652,23 +645,43 @@ def find_executable(rootfs: str, config: dict[str, Any]) -> str | None:
 _BASE = "https://schemas.invalid/oci-runtime-spec/"
 
 
+VALIDATED_KEEP = 256
+
+
+@functools.lru_cache(maxsize=1)
+def _schemas() -> dict[str, Any]:
+    from ansible_collections.lapis.layers.plugins.module_utils.runtime_spec_schema import (  # noqa: PLC0415
+        SCHEMAS,
+    )
+
+    return SCHEMAS
+
+
 @functools.lru_cache(maxsize=4)
 def _validator(entry: str) -> Any:
-    if jsonschema is None:
+    if JSONSCHEMA_IMPORT_ERROR is not None:
         raise RuntimeSpecError(
             f"jsonschema is needed to validate a runtime config: {JSONSCHEMA_IMPORT_ERROR}"
         )
-    if HAS_REFERENCING:
-        draft4 = referencing.jsonschema.DRAFT4
-        resources = [
-            (_BASE + name, referencing.Resource.from_contents(doc, default_specification=draft4))
-            for name, doc in SCHEMAS.items()
-        ]
-        registry = referencing.Registry().with_resources(resources).crawl()
-        return jsonschema.Draft4Validator({"$ref": _BASE + entry}, registry=registry)
-    store = {_BASE + name: doc for name, doc in SCHEMAS.items()}
-    resolver = jsonschema.RefResolver(base_uri=_BASE + entry, referrer=SCHEMAS[entry], store=store)
-    return jsonschema.Draft4Validator(SCHEMAS[entry], resolver=resolver)
+    import jsonschema  # noqa: PLC0415 - slow to import, see JSONSCHEMA_IMPORT_ERROR
+
+    schemas = _schemas()
+    try:
+        import referencing  # noqa: PLC0415
+        import referencing.jsonschema  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - jsonschema before 4.18 has no referencing
+        store = {_BASE + name: doc for name, doc in schemas.items()}
+        resolver = jsonschema.RefResolver(
+            base_uri=_BASE + entry, referrer=schemas[entry], store=store
+        )
+        return jsonschema.Draft4Validator(schemas[entry], resolver=resolver)
+    draft4 = referencing.jsonschema.DRAFT4
+    resources = [
+        (_BASE + name, referencing.Resource.from_contents(doc, default_specification=draft4))
+        for name, doc in schemas.items()
+    ]
+    registry = referencing.Registry().with_resources(resources).crawl()
+    return jsonschema.Draft4Validator({"$ref": _BASE + entry}, registry=registry)
 
 
 def schema_errors(document: Any, entry: str = "config-schema.json") -> list[str]:
@@ -680,11 +693,49 @@ def schema_errors(document: Any, entry: str = "config-schema.json") -> list[str]
     ]
 
 
-def validate_runtime_config(config: dict[str, Any]) -> None:
-    """Raise :class:`RuntimeSpecError` listing the violations when ``config`` is not valid."""
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``config`` together with the embedded schemas."""
+    digest = hashlib.sha256(_schemas_fingerprint().encode())
+    digest.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _schemas_fingerprint() -> str:
+    text = json.dumps(_schemas(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def validate_runtime_config(config: dict[str, Any], cache_dir: str | None = None) -> None:
+    """Raise :class:`RuntimeSpecError` listing the violations when ``config`` is not valid.
+
+    With ``cache_dir``, a config found valid leaves an empty file named after
+    :func:`config_fingerprint` there; the same config (against the same schemas) is then
+    accepted without running, or even importing, jsonschema again. Only the newest
+    ``VALIDATED_KEEP`` marks are kept.
+    """
+    mark = Path(cache_dir, config_fingerprint(config)) if cache_dir else None
+    if mark is not None and mark.is_file():
+        return
     errors = schema_errors(config)
     if errors:
         raise RuntimeSpecError(
             "Generated runtime config.json does not match the OCI runtime-spec schema: "
             + "; ".join(errors[:5])
         )
+    if mark is not None:
+        _remember_valid(mark)
+
+
+def _remember_valid(mark: Path) -> None:
+    """Leave the mark of a validated config; a cache that cannot be written is no error."""
+    try:
+        mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mark.touch()
+        others = [p for p in mark.parent.iterdir() if len(p.name) == 64 and p.name != mark.name]
+        if len(others) >= VALIDATED_KEEP:
+            others.sort(key=lambda p: p.stat().st_mtime)
+            for old in others[: len(others) - VALIDATED_KEEP + 1]:
+                old.unlink()
+    except OSError:
+        pass

@@ -344,3 +344,32 @@ def test_layout_writer_refuses_a_dynamic_busybox(tmp_path) -> None:
     with pytest.raises(SystemExit, match="linked dynamically"):
         layout.main([str(tmp_path / "layout"), "--busybox", "/bin/ls"])
     assert not (tmp_path / "layout" / "index.json").exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"user": "app", "network": "host", "read_only": True, "memory": 32 << 20, "cpus": 0.5},
+        {"cap_drop": ["ALL"], "cap_add": ["NET_BIND_SERVICE"], "pids_limit": 10},
+    ],
+)
+def test_written_config_valid_against_shared_schemas(store, busybox, shared, options) -> None:
+    """The bundle's config.json, as the module wrote it, against upstream's schema files."""
+    referencing = pytest.importorskip("referencing")
+    draft4 = pytest.importorskip("referencing.jsonschema").DRAFT4
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_dir = shared / "conformance" / "oci-runtime-spec" / "schema"
+    if not schema_dir.is_dir():
+        pytest.skip(f"{schema_dir} is missing")
+    registry = referencing.Registry().with_resources(
+        (p.name, referencing.Resource.from_contents(json.loads(p.read_text()), draft4))
+        for p in schema_dir.glob("*.json")
+    )
+    schema = json.loads((schema_dir / "config-schema.json").read_text())
+    validator = jsonschema.Draft4Validator(schema, registry=registry.crawl())
+    ensure(store, name="valid", state="stopped", command="true", **options)
+    written = json.loads((store / "containers" / "valid" / "config.json").read_text())
+    assert [e.message for e in validator.iter_errors(written)] == []
+    assert written["process"]["noNewPrivileges"] is True
+    ensure(store, name="valid", state="absent", image=None)

@@ -253,6 +253,12 @@ def test_find_runtime_by_path_and_missing(tmp_path) -> None:
     assert rt.find_runtime(str(fake)) == str(fake)
 
 
+def test_state_of_an_unknown_container_runs_no_runtime(tmp_path) -> None:
+    """Without ``<root>/<id>`` the runtime does not know the container: no process is run."""
+    runtime = rt.OCIRuntime("/nonexistent/runc", str(tmp_path))
+    assert runtime.state("web") is None
+
+
 def test_runtime_command_line() -> None:
     runtime = rt.OCIRuntime("/usr/sbin/runc", "/store/containers/.runtime")
     assert runtime.command("state", "web") == [

@@ -461,3 +461,42 @@ def test_invalid_config_is_reported(rootfs: Path) -> None:
     errors = rs.schema_errors(spec)
     assert any(e.startswith("process/user/uid") for e in errors)
     assert any(e.startswith("mounts/0/destination") for e in errors)
+
+
+def test_validation_cache_marks_only_valid_configs(rootfs: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "validated"
+    spec = config(rootfs)
+    rs.validate_runtime_config(spec, str(cache))
+    assert [p.name for p in cache.iterdir()] == [rs.config_fingerprint(spec)]
+    bad = config(rootfs)
+    bad["process"]["user"]["uid"] = -1
+    with pytest.raises(RuntimeSpecError):
+        rs.validate_runtime_config(bad, str(cache))
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_validation_cache_trusts_its_marks(rootfs: Path, tmp_path: Path) -> None:
+    """A marked config is not validated again (so jsonschema need not even be imported)."""
+    bad = config(rootfs)
+    bad["process"]["user"]["uid"] = -1
+    (tmp_path / rs.config_fingerprint(bad)).touch()
+    rs.validate_runtime_config(bad, str(tmp_path))
+    other = config(rootfs, hostname="other")
+    assert rs.config_fingerprint(other) != rs.config_fingerprint(config(rootfs))
+
+
+def test_validation_cache_keeps_the_newest_marks(
+    rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rs, "VALIDATED_KEEP", 3)
+    cache = tmp_path / "validated"
+    for number in range(5):
+        rs.validate_runtime_config(config(rootfs, hostname=f"h{number}"), str(cache))
+    assert len(list(cache.iterdir())) == 3
+    assert (cache / rs.config_fingerprint(config(rootfs, hostname="h4"))).exists()
+
+
+def test_validation_cache_that_cannot_be_written_is_no_error(rootfs: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rs.validate_runtime_config(config(rootfs), str(blocker / "validated"))
