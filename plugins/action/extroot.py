@@ -52,6 +52,15 @@ display = Display()
 BOOT_MARKER = "/tmp/.lapis-extroot-booted"
 
 
+def guard_exit_status(command: str) -> str:
+    """Run ``command`` in a subshell and turn its exit status 255 into 254.
+
+    The ssh connection plugin takes 255 for a failed connection and reports the
+    host unreachable; opkg, for one, exits 255 when it cannot install a package.
+    """
+    return f"(\n{command}\n)\nrc=$?; [ $rc -ne 255 ] || rc=254; exit $rc"
+
+
 class ActionModule(ActionBase):
     """Gather over the shell, plan in Python on the controller, act over the shell."""
 
@@ -86,7 +95,7 @@ class ActionModule(ActionBase):
     def _shell(self, command: str) -> CommandResult:
         """Run one shell command on the router (no tty: stdout and stderr stay apart)."""
         display.vvv(f"extroot: running {command.splitlines()[0][:120]}", host=self._host())
-        res = self._low_level_execute_command(command, sudoable=False)
+        res = self._low_level_execute_command(guard_exit_status(command), sudoable=False)
         return CommandResult(int(res.get("rc", 1)), res.get("stdout", ""), res.get("stderr", ""))
 
     def _run_checked(self, command: str, what: str) -> CommandResult:

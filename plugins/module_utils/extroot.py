@@ -842,8 +842,10 @@ def run_plan(plan: Plan, runner: Runner) -> list[dict[str, Any]]:
         result = runner(step.command)
         done.append({"step": step.name, "rc": result.rc})
         if result.rc != 0:
+            lines = result.stderr.strip().splitlines()
+            why = f": {lines[-1]}" if lines else ""
             raise ExtrootError(
-                f"extroot step '{step.name}' failed on the router (rc={result.rc})",
+                f"extroot step '{step.name}' failed on the router (rc={result.rc}){why}",
                 rc=result.rc,
                 stdout=result.stdout,
                 stderr=result.stderr,

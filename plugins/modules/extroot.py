@@ -143,12 +143,18 @@ notes:
     until it is removed by hand.
   - With O(reboot=true) the reboot is detected by a marker file in C(/tmp) (a tmpfs on
     OpenWrt) disappearing.
+  - A command on the router that exits with status 255 (C(opkg) does when a package
+    cannot be installed) is reported with status 254, because the ssh connection plugin
+    takes 255 for a lost connection and would call the router unreachable.
+  - Formatting checks the first 4 KiB of the device for partition tables and signatures
+    and C(block info) for filesystems; give the partition (C(/dev/sda1)) or set
+    O(force=true) for a whole disk that once held a partition table.
 seealso:
   - name: OpenWrt extroot configuration
     description: The manual steps this module automates.
     link: https://openwrt.org/docs/guide-user/additional-software/extroot_configuration
 author:
-  - lapis.layers contributors (@lapis-layers)
+  - Lapis Layers Developers (@lapis-layers)
 """
 
 EXAMPLES = r"""

@@ -135,6 +135,10 @@ def build_rom(rom: Path, name: str, usb: str, flash: str, client_pub: str) -> No
     )
     (rom / "usr/sbin/mkfs.ext4").symlink_to("mke2fs")
     shutil.copy2(SIM / "block", rom / "sbin/block")
+    shutil.copy2(SIM / "opkg", rom / "bin/opkg")
+    feed = rom / "usr/share/sim-feed/block-mount/sbin"
+    feed.mkdir(parents=True)
+    shutil.copy2(SIM / "block", feed / "block")
     etc = rom / "etc"
     (etc / "openwrt_release").write_text(OPENWRT_RELEASE)
     (etc / "passwd").write_text(

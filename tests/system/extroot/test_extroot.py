@@ -130,7 +130,9 @@ def test_fresh_extroot_check_apply_idempotent(
     again = extroot_adhoc([router], diff=True, **args)["r1"]
     assert again["changed"] is False and again["commands"] == [], again
     assert again["uuid"] == fs_uuid
-    assert extroot_adhoc([router], check=True, **args)["r1"]["changed"] is False
+    # found by its filesystem UUID instead of its path, in check mode: nothing to do
+    by_uuid = extroot_adhoc([router], check=True, uuid=fs_uuid)["r1"]
+    assert by_uuid["changed"] is False and by_uuid["device"] == "/dev/sda", by_uuid
 
 
 @pytest.mark.parametrize("content", ["ext4-with-data", "dos-partition-table"])
@@ -207,11 +209,12 @@ def test_reset_uuid_check_removes_the_tags(
     assert again["changed"] is False, again
 
 
-def test_preflight_failures_name_the_cause(
+def test_preflight_and_package_installation(
     make_router: Any, extroot_adhoc: Any, ssh_cmd: list[str]
 ) -> None:
     router = make_router("r1", ADDRESSES[0])
-    if "f2fs" not in Path("/proc/filesystems").read_text():
+    kernel_f2fs = "f2fs" in Path("/proc/filesystems").read_text()
+    if not kernel_f2fs:
         f2fs = extroot_adhoc([router], device="/dev/sda", format=True, fstype="f2fs")["r1"]
         assert f2fs.get("failed") is True and "kmod-fs-f2fs" in f2fs["msg"], f2fs
 
@@ -224,6 +227,21 @@ def test_preflight_failures_name_the_cause(
     no_block = extroot_adhoc([router], device="/dev/sda", format=True)["r1"]
     assert no_block.get("failed") is True, no_block
     assert "block-mount" in no_block["msg"] and "install_packages" in no_block["msg"]
+
+    # install_packages through opkg (sim/opkg: a feed holding block-mount only)
+    with_install = {"device": "/dev/sda", "format": True, "install_packages": True}
+    planned = extroot_adhoc([router], check=True, **with_install)["r1"]
+    assert planned["changed"] is True and planned["packages_installed"] == ["block-mount"]
+    assert "no-block" in router.shell(ssh_cmd, "command -v block || echo no-block")
+    if not kernel_f2fs:
+        f2fs = extroot_adhoc([router], **with_install, fstype="f2fs")["r1"]
+        assert f2fs.get("failed") is True, f2fs
+        assert "Cannot install package kmod-fs-f2fs" in f2fs["msg"], f2fs
+    installed = extroot_adhoc([router], **with_install)["r1"]
+    assert installed["packages_installed"] == ["block-mount"], installed
+    assert installed["formatted"] is True and installed["changed"] is True
+    assert router.shell(ssh_cmd, "command -v block").strip() == "/sbin/block"
+    router.shell(ssh_cmd, "rm /sbin/block")
 
     router.shell(ssh_cmd, "rm /etc/openwrt_release")
     not_openwrt = extroot_adhoc([router], device="/dev/sda")["r1"]
@@ -262,3 +280,26 @@ def test_reboot_into_extroot_and_back(
     assert off["steps"] == ["fstab", "fstab_copy"]
     assert overlay_source(router, ssh_cmd) == router.flash_loop
     assert "marker" not in router.shell(ssh_cmd, "ls /srv/data")  # written on the stick only
+
+
+def test_full_pivot_copies_the_whole_root(
+    make_router: Any, extroot_adhoc: Any, ssh_cmd: list[str], tmp_path: Path
+) -> None:
+    router = make_router("r1", ADDRESSES[0])
+    args = {"device": "/dev/sda", "format": True, "target": "/"}
+    result = extroot_adhoc([router], **args)["r1"]
+    assert result["steps"] == ["format", "copy", "fstab", "fstab_copy"], result
+    assert result["target"] == "/" and result["reboot_pending"] is True
+    fstab = router_file(router, ssh_cmd, "/etc/config/fstab")
+    section = extroot_section(fstab)
+    assert section.get("target") == "/" and section.get("uuid") == blkid(router.usb_loop, "UUID")
+    assert uci.parse(fstab).find("rwm") is None  # /rwm only goes with target /overlay
+    with mounted(router.usb_loop, tmp_path / "stick") as stick:
+        assert (stick / "etc/config/fstab").read_text() == fstab
+        assert (stick / "srv/data/plain.txt").read_text().startswith("router r1")
+        assert (stick / "etc/openwrt_release").is_file() and (stick / "bin/busybox").is_file()
+        assert not (stick / "etc/motd").exists()  # removed in the overlay: a whiteout
+        assert sorted(p.name for p in (stick / "proc").iterdir()) == []
+        assert not (stick / "upper").exists()
+    again = extroot_adhoc([router], **args)["r1"]
+    assert again["changed"] is False, again
