@@ -35,7 +35,7 @@ options:
     type: str
   path:
     description:
-      - Write the image to this path on the managed host instead of a registry: a directory
+      - Write the image to this path on the managed host instead of a registry, as a directory
         for O(format=oci) (created, or added to when it is a layout already), a file for the
         archive formats (written beside it and renamed over it).
       - The registry options are not used then.

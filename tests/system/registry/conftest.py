@@ -145,8 +145,8 @@ class TokenServer:
         der = ssl.PEM_cert_to_DER_cert(cert)
         access = []
         for scope in scopes:
-            kind, _, rest = scope.partition(":")
-            name, _, actions = rest.rpartition(":")
+            kind, _sep, rest = scope.partition(":")
+            name, _sep2, actions = rest.rpartition(":")
             if account:
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
@@ -179,7 +179,7 @@ class TokenServer:
                 account = ""
                 auth = self.headers.get("Authorization", "")
                 if auth.startswith("Basic "):
-                    user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+                    user, _sep, pw = base64.b64decode(auth[6:]).decode().partition(":")
                     if owner.users.get(user) != pw:
                         owner.requests.append({"denied": user})
                         self.send_response(401)
