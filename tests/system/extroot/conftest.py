@@ -33,6 +33,9 @@ REPO = HERE.parents[2]
 SIM = HERE / "sim"
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
 PORT = 2222
+# Ansible's ssh connections share one master per router (%h: the router's address);
+# stop() ends it, and it ends by itself when the router's dropbear goes away.
+CONTROL_PATH = "/tmp/lapis-extroot-ssh-%h-%p"
 ROUTER_TOOLS = {
     "/usr/sbin/dropbear": "/usr/sbin/dropbear",
     "/sbin/mke2fs": "/usr/sbin/mke2fs",
@@ -252,6 +255,12 @@ def stop(router: Router) -> None:
         router.proc.wait()
     for loop in router.loops:
         subprocess.run(["losetup", "-d", loop], check=False, capture_output=True)
+    control = CONTROL_PATH.replace("%h", router.address).replace("%p", str(PORT))
+    if Path(control).exists():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={control}", "-O", "exit", router.address],
+            check=False, capture_output=True, timeout=30,
+        )  # fmt: skip
 
 
 @dataclass
@@ -330,7 +339,8 @@ def write_inventory(tmp_path: Path, routers: list[Router], keys: Keys) -> Path:
         "ansible_user=root",
         f"ansible_ssh_private_key_file={keys.private}",
         "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
-        "ansible_ssh_args='-o ControlMaster=no -o LogLevel=ERROR'",
+        "ansible_ssh_args='-o ControlMaster=auto -o ControlPersist=20s"
+        f" -o ControlPath={CONTROL_PATH} -o LogLevel=ERROR'",
     ]
     path = tmp_path / "inventory.ini"
     path.write_text("\n".join(lines) + "\n")

@@ -218,3 +218,51 @@ def test_extroot_edit_disables_a_rival_anonymous_section() -> None:
     doc = uci.parse(edit.after)
     old = doc.of_type("mount")[0]
     assert old.get("device") is None and old.get("uuid") == UUID and old.get("enabled") == "1"
+
+
+def replay_uci_batch(text: str, lines: list[str]) -> uci.Document:
+    """Apply ``uci batch`` lines the way uci reads them: set (section or option), delete."""
+    doc = uci.parse(text)
+
+    def section(ref: str) -> uci.Section:
+        if ref.startswith("@"):
+            type_, index = ref[1:].rstrip("]").split("[")
+            return doc.of_type(type_)[int(index)]
+        found = doc.find(ref)
+        assert found is not None, ref
+        return found
+
+    for line in lines:
+        verb, path = line.split(" ", 1)
+        key, _eq, value = path.partition("=")
+        parts = key.split(".")
+        assert parts[0] == "fstab", line
+        if verb == "set" and len(parts) == 2:
+            doc.add(value, parts[1])
+        elif verb == "set":
+            words = uci.parse(f"config x\n\toption v {value}\n").sections[0].get("v")
+            assert words is not None, line
+            section(parts[1]).set(parts[2], words)
+        else:
+            assert verb == "delete" and len(parts) == 3, line
+            section(parts[1]).delete(parts[2])
+    return doc
+
+
+def options_by_section(doc: uci.Document) -> list[tuple[str, str | None, dict[str, str]]]:
+    return [(s.type, s.name, s.options()) for s in doc.sections]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("rwm", ["/dev/ubi0_1", None])
+def test_uci_batch_lines_make_the_same_configuration_as_the_rewrite(
+    name: str, rwm: str | None
+) -> None:
+    """The uci path (routers with uci) and the file path (without) agree on every option."""
+    text = fixture(name)
+    present = edit_fstab_present(text, "/overlay", UUID, rwm)
+    replayed = replay_uci_batch(text, present.uci_lines)
+    assert options_by_section(replayed) == options_by_section(uci.parse(present.after))
+    absent = edit_fstab_absent(present.after, "/overlay")
+    replayed = replay_uci_batch(present.after, absent.uci_lines)
+    assert options_by_section(replayed) == options_by_section(uci.parse(absent.after))
