@@ -70,7 +70,8 @@ def make_context(root: Path, megabytes: int) -> None:
             payload = rng.randbytes(size)
         else:
             words = [
-                rng.choice(("alpha", "beta", "gamma", "delta", "lapis")) for _ in range(size // 6)
+                rng.choice(("alpha", "beta", "gamma", "delta", "lapis"))
+                for _word in range(size // 6)
             ]
             payload = " ".join(words).encode()[:size]
         (folder / f"f{index:05d}.bin").write_bytes(payload)

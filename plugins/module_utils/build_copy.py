@@ -365,12 +365,12 @@ def extract_archive(path: Path, target: Path, owner: Owner | None) -> None:
 
 def fetch_url(url: str, work: Path, checksum: str = "") -> Fetched:
     """Download ``url`` into ``work``; checks ``--checksum`` (sha256/384/512) when given."""
-    import urllib.request  # noqa: PLC0415 -- only ADD of a URL needs it
+    from ansible.module_utils.urls import open_url  # noqa: PLC0415 -- only ADD of a URL needs it
 
     hashes = {name: hashlib.new(name) for name in ("sha256", "sha384", "sha512")}
     fd, tmp = tempfile.mkstemp(prefix="add-url-", dir=work)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_URL_TIMEOUT) as resp:
+        with os.fdopen(fd, "wb") as out, open_url(url, timeout=_URL_TIMEOUT) as resp:
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
                 for hasher in hashes.values():
                     hasher.update(chunk)

@@ -8,11 +8,12 @@ short_description: Build an image from a Dockerfile into the host's image store
 version_added: 0.1.0
 description:
   - Builds a Dockerfile on the managed host, layer by layer, into the image store, and tags
-    the result with O(name). No daemon, no buildah: the base image's layers become kernel
-    overlay lower directories, each C(RUN) runs in the OCI runtime (runc) over a fresh upper
-    directory, and the upper becomes the step's layer (overlay whiteouts turned into OCI
-    C(.wh.) entries and C(.wh..wh..opq) markers). C(COPY) and C(ADD) write their layer through
-    the same kind of mount; config-only instructions add an empty-layer history entry.
+    the result with O(name). No daemon and no buildah are involved. The base image's layers
+    become kernel overlay lower directories, each C(RUN) runs in the OCI runtime (runc) over
+    a fresh upper directory, and the upper becomes the step's layer (overlay whiteouts turned
+    into OCI C(.wh.) entries and C(.wh..wh..opq) markers). C(COPY) and C(ADD) write their
+    layer through the same kind of mount; config-only instructions add an empty-layer
+    history entry.
   - The result is a normal OCI image (manifest, config with history and diff_ids, compressed
     layers) that C(lapis.layers.container) runs and C(skopeo) or C(lapis.layers.image_push)
     export.
@@ -33,7 +34,7 @@ options:
     required: true
   path:
     description:
-      - The build context: a directory on the managed host. C(COPY) and C(ADD) read from it,
+      - The build context, a directory on the managed host. C(COPY) and C(ADD) read from it,
         C(.dockerignore) (or C(<Dockerfile>.dockerignore)) in it is respected.
       - Required unless O(dockerfile_content) is given (an empty context is used then).
     type: path
@@ -104,6 +105,9 @@ attributes:
     details: A second run with the same inputs finds every step in the cache and gives the
       same digest (V(changed=false)). With O(cache=false) and no O(source_date_epoch) new
       timestamps make a new digest.
+  platform:
+    support: full
+    platforms: Linux
 notes:
   - Runs as root on the managed host; needs kernel overlayfs and an OCI runtime (runc).
   - C(FROM) images must be in the store (C(lapis.layers.image)); the build does not pull.

@@ -25,12 +25,12 @@ from ansible_collections.lapis.layers.tests.system.build.conftest import BASE
 
 
 def build(
-    store: Path, context: Path, text: str, name: str = "localhost/out:1", **kwargs: object
+    store: Path, context: Path, text: str, name: str = "localhost/out:1", **kwargs: Any
 ) -> BuildResult:
     context.mkdir(parents=True, exist_ok=True)
     request = BuildRequest(
         store=str(store), context=str(context), dockerfile_text=text, name=name, **kwargs
-    )  # type: ignore[arg-type]
+    )
     return build_image(request)
 
 
