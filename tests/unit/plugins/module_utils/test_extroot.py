@@ -165,6 +165,13 @@ def test_fresh_device_plan_formats_copies_then_configures() -> None:
     assert "/tmp/lapis-extroot/device/upper/etc/config/fstab" in plan.commands[4]
 
 
+def test_keep_rwm_false_writes_no_rwm_section() -> None:
+    blank = device(info=BlockDevice("/dev/sda1"), entries="")
+    plan = plan_present(ctx(blank, format=True, keep_rwm=False), NEW_UUID)
+    assert uci.parse(plan.fstab_after).find("rwm") is None
+    assert not plan.warnings
+
+
 def test_f2fs_format_command_and_label() -> None:
     blank = device(info=BlockDevice("/dev/sda1"), entries="")
     plan = plan_present(ctx(blank, format=True, fstype="f2fs", label="big"), NEW_UUID)
