@@ -161,3 +161,26 @@ def test_module_check_mode_and_errors(store: Path, tmp_path: Path, run_module: A
     assert failed["_ansible_rc"] != 0 and "Dockerfile:2: unknown flag --chwon" in failed["msg"]
     missing = run_module("lapis.layers.image_build", **{**args, "path": str(tmp_path / "no")})
     assert missing["_ansible_rc"] != 0 and "no/Dockerfile" in missing["msg"]
+
+
+def test_target_stage_and_no_leftovers(store: Path, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    text = (
+        "FROM " + BASE + " AS first\nRUN echo first > /f\n"
+        "FROM first AS second\nRUN cat /f\n"
+        "FROM " + BASE + "\nRUN exit 9\n"
+    )
+    result = build(store, context, text, target="second")
+    assert outputs(result) == ["", "first\n"]
+    assert {step["stage"] for step in result.steps} == {0, 1}
+    history = Store(str(store)).resolve("localhost/out:1").config["history"]
+    assert [h["created_by"] for h in history][-2:] == [
+        "RUN /bin/sh -c echo first > /f",
+        "RUN /bin/sh -c cat /f",
+    ]
+    before = Store(str(store)).lookup("localhost/out:1")
+    with pytest.raises(Exception, match="exited with code 9"):
+        build(store, context, text)
+    assert Store(str(store)).lookup("localhost/out:1") == before
+    assert str(store) not in Path("/proc/self/mountinfo").read_text()
+    assert list((store / "tmp").iterdir()) == []
