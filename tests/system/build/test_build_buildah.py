@@ -138,6 +138,16 @@ def compare_trees(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
 
 
 CASES = {
+    "copy-corners": (
+        {"private/secret.txt": "s\n", "tree/a/b.txt": "b\n", "single.txt": "1\n"},
+        "FROM " + BASE + "\n"
+        "COPY private /private\n"
+        "COPY single.txt /etc\n"
+        "COPY --chown=app tree /home/app/tree\n"
+        "COPY tree/a/b.txt tree/a/../a/b.txt /many/\n"
+        "RUN busybox ln -s /etc/single.txt /s && rm -rf /home/app/tree/a\n"
+        "COPY --chmod=0750 single.txt /tool\n",
+    ),
     "config-copy-run": (
         {
             "a.txt": "hello\n",
@@ -180,6 +190,9 @@ def test_same_as_buildah(
 ) -> None:
     files, text = CASES[case]
     context = write_tree(tmp_path / "context", {**files, "Dockerfile": text})
+    if (context / "private").is_dir():
+        (context / "private").chmod(0o700)
+        (context / "private" / "secret.txt").chmod(0o600)
     build(store, context, text)
     buildah_base(buildah, base_layout)
     out = tmp_path / "theirs-layout"
