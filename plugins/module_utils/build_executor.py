@@ -111,6 +111,10 @@ class BuildError(Exception):
         self.output = output or []
 
 
+class BaseNotPulled(Exception):
+    """Check mode met a base image that a real run would pull first."""
+
+
 @dataclass
 class BuildRequest:
     """The module's options, checked."""
@@ -128,6 +132,8 @@ class BuildRequest:
     source_date_epoch: int | None = None
     compression: str = "gzip"
     check_mode: bool = False
+    pull: str = "missing"
+    registry: dict[str, Any] | None = None  # the registry options (registry_spec)
 
 
 @dataclass
@@ -236,10 +242,48 @@ class Builder:
         try:
             return self.store.resolve(ref)
         except ImageNotFound:
+            if self.request.pull == "never" or self.request.registry is None:
+                raise BuildError(
+                    f"image {ref} is not in the store {self.store.root} and pull is never; "
+                    "import or pull it first (lapis.layers.image)"
+                ) from None
+        self.pull_base(ref)
+        return self.store.resolve(ref)
+
+    def pull_base(self, ref: str) -> None:
+        """Fetch a missing base image (``FROM``, ``COPY --from``) through the registry pull.
+
+        In check mode the reference is only resolved at its registry (so an unknown tag or
+        bad credentials fail here too); the build then stops with ``BaseNotPulled``.
+        """
+        # Imported here: a build whose bases are all present never loads the registry client.
+        from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (  # noqa: PLC0415
+            pull_to_store,
+            registry_options,
+        )
+        from ansible_collections.lapis.layers.plugins.module_utils.registry_transport import (  # noqa: PLC0415
+            RegistryError,
+        )
+
+        try:
+            options = registry_options(self.request.registry or {})
+            transfer = pull_to_store(self.store, ref, options, check_mode=self.request.check_mode)
+        except (RegistryError, ValueError) as exc:
             raise BuildError(
-                f"image {ref} is not in the store {self.store.root}; import or pull it first "
-                "(lapis.layers.image)"
-            ) from None
+                f"base image {ref} is not in the store and pulling it failed: {exc}"
+            ) from exc
+        self.steps.append(
+            {
+                "stage": None,
+                "instruction": f"pull {transfer.reference}",
+                "status": "would pull" if self.request.check_mode else "pulled",
+                "layer": transfer.digest,
+                "size": transfer.bytes,
+                "seconds": round(transfer.seconds, 3),
+            }
+        )
+        if self.request.check_mode:
+            raise BaseNotPulled(transfer.reference)
 
     def resolve_base(self, ref: str, platform: Platform) -> ImageConfig:
         image = self.base_image(ref)
@@ -598,6 +642,27 @@ class Builder:
     # -- the whole build --------------------------------------------------------------------------
 
     def build(self) -> BuildResult:
+        try:
+            return self.build_plan()
+        except BaseNotPulled:
+            # Check mode: without the base, nothing after FROM can be known; the tag would move.
+            return BuildResult(
+                True,
+                None,
+                self.previous_digest(),
+                self.request.name,
+                self.steps,
+                self.output,
+                self.warnings,
+                complete=False,
+            )
+
+    def previous_digest(self) -> str | None:
+        reference = self.request.name
+        previous = self.store.lookup(reference) if reference and self.store.exists() else None
+        return previous.digest if previous is not None else None
+
+    def build_plan(self) -> BuildResult:
         plan = self.plan_ = self.plan()
         self.warnings.extend(plan.warnings)
         if plan.unused_build_args:
@@ -605,8 +670,7 @@ class Builder:
                 "build args not consumed by the Dockerfile: " + ", ".join(plan.unused_build_args)
             )
         reference = self.request.name
-        previous = self.store.lookup(reference) if reference and self.store.exists() else None
-        previous_digest = previous.digest if previous is not None else None
+        previous_digest = self.previous_digest()
         try:
             for index in plan.needed:
                 self.results[index] = self.build_stage(plan.stages[index])

@@ -57,17 +57,6 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_transport im
 
 PULL_POLICIES = ("missing", "always")
 
-# The options of the lapis.layers.registry doc fragment, for a module's argument_spec.
-REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
-    "username": {"type": "str"},
-    "password": {"type": "str", "no_log": True},
-    "auth_file": {"type": "path"},
-    "ca_path": {"type": "path"},
-    "insecure_registries": {"type": "list", "elements": "str", "default": []},
-    "retries": {"type": "int", "default": 3},
-    "parallel": {"type": "int", "default": 4},
-}
-
 
 def registry_options(params: dict[str, Any]) -> RegistryOptions:
     """`RegistryOptions` from a module's parameters (see `REGISTRY_ARGUMENT_SPEC`)."""

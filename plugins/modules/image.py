@@ -271,8 +271,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_refs import (
     parse_image_ref,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
-from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
+from ansible_collections.lapis.layers.plugins.module_utils.registry_spec import (
     REGISTRY_ARGUMENT_SPEC,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
     image_from_registry,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.registry_transport import (

@@ -82,9 +82,22 @@ options:
     type: str
     choices: [gzip, zstd, none]
     default: gzip
+  pull:
+    description:
+      - What to do when a base image (C(FROM), C(COPY --from=IMAGE), C(RUN --mount=from=IMAGE))
+        is not in the store.
+      - V(missing) pulls it from its registry first, exactly as M(lapis.layers.image) with
+        O(lapis.layers.image#module:source=registry) does (digest checks, layers unpacked); the
+        registry options below apply to that pull. A base already in the store is used as it
+        is, never re-resolved.
+      - V(never) fails with a message naming the missing image.
+    type: str
+    choices: [missing, never]
+    default: missing
 extends_documentation_fragment:
   - lapis.layers.attributes
   - lapis.layers.store
+  - lapis.layers.registry
 attributes:
   check_mode:
     support: partial
@@ -97,6 +110,10 @@ attributes:
         step as V(would build).
       - An C(ADD) of a URL without C(--checksum) counts as not cached in check mode (its
         content is only known after downloading it).
+      - A base image that would be pulled is resolved at its registry (an unknown tag or bad
+        credentials fail in check mode too) but not fetched; check mode then reports
+        V(changed=true), RV(digest) null and a V(would pull) step, as nothing after C(FROM) can
+        be known without the base.
   diff_mode:
     support: full
     details: Shows the digest the tag names before and after.
@@ -186,7 +203,9 @@ steps:
       description: The instruction after substitution, as in the image history.
       type: str
     status:
-      description: V(cached), V(built) or, in check mode, V(would build).
+      description: V(cached), V(built), V(pulled) (a base image fetched first; its RV(steps[].layer)
+        is then the manifest digest and RV(steps[].size) the bytes downloaded) or, in check
+        mode, V(would build) and V(would pull).
       type: str
     layer:
       description: Digest of the layer blob (null for config-only steps).
@@ -237,6 +256,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.oci_refs import (
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_runtime import OCIRuntimeError
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import StoreError
+from ansible_collections.lapis.layers.plugins.module_utils.registry_spec import (
+    REGISTRY_ARGUMENT_SPEC,
+    registry_params,
+)
 
 ERRORS = (
     BuildError,
@@ -287,6 +310,8 @@ def read_request(module: AnsibleModule) -> BuildRequest:
         source_date_epoch=p["source_date_epoch"],
         compression=p["layer_compression"],
         check_mode=module.check_mode,
+        pull=p["pull"],
+        registry=registry_params(p),
     )
 
 
@@ -308,6 +333,8 @@ def main() -> None:
                 "choices": ["gzip", "zstd", "none"],
             },
             "store": {"type": "path", "default": "/var/lib/lapis"},
+            "pull": {"type": "str", "default": "missing", "choices": ["missing", "never"]},
+            **REGISTRY_ARGUMENT_SPEC,
         },
         mutually_exclusive=[("dockerfile", "dockerfile_content")],
         required_one_of=[("path", "dockerfile_content")],

@@ -163,8 +163,10 @@ from ansible_collections.lapis.layers.plugins.module_utils.image_export import (
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_manifest import ManifestError
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store, StoreError
-from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
+from ansible_collections.lapis.layers.plugins.module_utils.registry_spec import (
     REGISTRY_ARGUMENT_SPEC,
+)
+from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (
     push_from_store,
     registry_options,
 )
