@@ -13,8 +13,9 @@ description:
     with its lower directories (topmost first), upper directory, work directory and
     options, with the kernel's escaping removed from the paths.
   - Kernel overlays (file system type C(overlay)) and FUSE overlays (C(fuse.lapis-overlay),
-    C(fuse.fuse-overlayfs)) are listed; FUSE does not publish its layers, so their
-    RV(overlays[].lowerdirs) is null.
+    C(fuse.fuse-overlayfs)) are listed. FUSE does not publish layers in the mount table; for
+    this collection's own FUSE backend they are read from its daemon's state file, for
+    other FUSE overlays RV(overlays[].lowerdirs) is null.
 options:
   path:
     description:
@@ -126,6 +127,9 @@ overlays:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lapis.layers.plugins.module_utils.fuse_overlay.backend import (
+    describe_live,
+)
 from ansible_collections.lapis.layers.plugins.module_utils.mountinfo import (
     MountInfoError,
     list_overlays,
@@ -139,7 +143,9 @@ def main() -> None:
         supports_check_mode=True,
     )
     try:
-        overlays = list_overlays(read_mountinfo(), module.params["path"])
+        overlays = [
+            describe_live(o) for o in list_overlays(read_mountinfo(), module.params["path"])
+        ]
     except (OSError, MountInfoError) as exc:
         module.fail_json(msg=f"cannot read the mount table /proc/self/mountinfo: {exc}")
     module.exit_json(changed=False, overlays=[overlay.to_dict() for overlay in overlays])
