@@ -127,7 +127,6 @@ def ensure_state(
     result: dict[str, Any] = {
         "changed": decided.changed,
         "path": request.path,
-        "state": request.state,
         "fstab": request.fstab,
         "backend": backend.name,
         "actions": [action.to_dict() for action in decided.actions],

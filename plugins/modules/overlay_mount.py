@@ -288,10 +288,13 @@ path:
   type: str
   sample: /srv/app/merged
 state:
-  description: The state asked for.
-  returned: always
+  description:
+    - The file type of the mount point (V(directory)) when it exists, not the state asked
+      for. Ansible adds it, with C(owner), C(group), C(mode), C(uid), C(gid) and C(size), to
+      every result that names an existing RV(path).
+  returned: when the mount point exists
   type: str
-  sample: mounted
+  sample: directory
 fstab:
   description: The fstab file that was read and, for some states, changed.
   returned: always
