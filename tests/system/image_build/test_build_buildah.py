@@ -28,7 +28,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
 )
 from ansible_collections.lapis.layers.plugins.module_utils.layer_writer import flatten_layers
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store
-from ansible_collections.lapis.layers.tests.system.build.conftest import BASE, Tool
+from ansible_collections.lapis.layers.tests.system.image_build.conftest import BASE, Tool
 from ansible_collections.lapis.layers.tests.system.layers.tree_snapshot import snapshot
 
 CONFIG_FIELDS = (

@@ -21,7 +21,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.build_executor import
     build_image,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store
-from ansible_collections.lapis.layers.tests.system.build.conftest import BASE
+from ansible_collections.lapis.layers.tests.system.image_build.conftest import BASE
 
 
 def build(
