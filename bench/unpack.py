@@ -10,6 +10,10 @@ files, with file and directory whiteouts and an opaque directory, plus an OCI
 layout holding them for umoci. Only the unpacking is timed; every run unpacks into
 fresh directory names and nothing is deleted until all timings are taken (on the
 journal-less ext4 here, creating a tree right after deleting one is slow).
+
+Besides the library calls, the modules run as a playbook would run them (ad-hoc
+``lapis.layers.image`` import into an empty store, then ``lapis.layers.image_unpack``
+flat), each printed with an ad-hoc ``ansible.builtin.ping`` subtracted.
 """
 
 from __future__ import annotations
@@ -251,11 +255,52 @@ def _umoci(cache: Path, dest: Path) -> None:
     )
 
 
+def _ansible_env() -> dict[str, str]:
+    """The environment ``make system`` gives ansible: this collection and the venv."""
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def _adhoc(module: str, args: dict[str, str]) -> None:
+    """``ansible localhost -m MODULE -a JSON`` against this collection; fails loudly."""
+    cmd = ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", module]
+    cmd += ["-a", json.dumps(args)] if args else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _module_runs(cache: Path, work: Path) -> dict[str, float]:
+    """The modules as a playbook runs them, and an ad-hoc ping for Ansible's own cost."""
+    store = str(work / "store")
+    image = {"name": "bench", "source": "oci", "path": str(cache / "oci"), "source_ref": "bench",
+             "store": store}  # fmt: skip
+    unpack = {"image": "bench", "dest": str(work / "module-flat"), "store": store}
+    return {
+        "ping": timed("ad-hoc ansible.builtin.ping", lambda: _adhoc("ansible.builtin.ping", {})),
+        "module import": timed(
+            "ad-hoc lapis.layers.image (import, 4 layers)",
+            lambda: _adhoc("lapis.layers.image", image),
+        ),
+        "module flat": timed(
+            "ad-hoc lapis.layers.image_unpack (flat)",
+            lambda: _adhoc("lapis.layers.image_unpack", unpack),
+        ),
+    }
+
+
 def _one_run(cache: Path, blobs: list[Path], work: Path) -> dict[str, float]:
     """Every contender once, each into fresh directories below ``work``."""
     work.mkdir()
     layer_dirs = [str(work / "ovl" / str(index)) for index in range(len(blobs))]
-    return {
+    return _module_runs(cache, work) | {
         "tar": timed("tar -xzf, the 4 layers in sequence", lambda: _tar_seq(blobs, work / "tar")),
         "umoci": timed("umoci unpack", lambda: _umoci(cache, work / "umoci")),
         "overlay": timed(
@@ -285,6 +330,14 @@ def _report(runs: list[dict[str, float]]) -> None:
             f"  {name:<16} {ours:6.2f} s  {ours / best['umoci']:5.2f}x umoci unpack"
             f"  {ours / best['tar']:5.2f}x tar -xzf"
         )
+    ping = best["ping"]
+    modules = best["module import"] + best["module flat"] - 2 * ping
+    print(
+        f"modules (ad-hoc, minus ad-hoc ping {ping:.2f} s each): image import"
+        f" {best['module import'] - ping:.2f} s (copies and checks the blobs, unpacks the"
+        f" layer cache), image_unpack flat {best['module flat'] - ping:.2f} s;"
+        f" together {modules:.2f} s = {modules / best['umoci']:.2f}x umoci unpack"
+    )
 
 
 def main() -> int:
