@@ -58,7 +58,23 @@ def detect_compression(path: str) -> str:
     return NONE
 
 
-class _HashingFile(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A readable raw stream whose subclasses only implement ``read``."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read_to_end(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+class _HashingFile(_Reader):
     """The blob as stored, hashed as it is read."""
 
     def __init__(self, path: str) -> None:
@@ -66,30 +82,21 @@ class _HashingFile(io.RawIOBase):
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         self.sha256 = hashlib.sha256()
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         data = self._file.read(CHUNK if size is None or size < 0 else size) or b""
         self.sha256.update(data)
         return data
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def drain(self) -> None:
         """Hash what is left unread (trailing bytes after the compressed stream)."""
-        while self.read(CHUNK):
-            pass
+        self.read_to_end()
 
     def close(self) -> None:
         self._file.close()
         super().close()
 
 
-class _ChildDecompressor(io.RawIOBase):
+class _ChildDecompressor(_Reader):
     """``gzip -dc`` / ``zstd -dc`` in a child process, fed by a thread that hashes the blob."""
 
     def __init__(self, source: _HashingFile, argv: list[str]) -> None:
@@ -123,16 +130,8 @@ class _ChildDecompressor(io.RawIOBase):
             with contextlib.suppress(OSError):
                 stdin.close()
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         return self._out.read(CHUNK if size is None or size < 0 else size) or b""
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def finish(self) -> None:
         """Wait for the child; raise :class:`LayerError` when it failed."""
@@ -158,7 +157,7 @@ class _ChildDecompressor(io.RawIOBase):
         super().close()
 
 
-class _ZlibDecompressor(io.RawIOBase):
+class _ZlibDecompressor(_Reader):
     """gzip in-process (all members of a multi-member file), when there is no ``gzip``."""
 
     def __init__(self, source: _HashingFile) -> None:
@@ -167,9 +166,6 @@ class _ZlibDecompressor(io.RawIOBase):
         self._zlib = zlib.decompressobj(wbits=31)
         self._pending = b""
         self._eof = False
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         want = CHUNK if size is None or size < 0 else size
@@ -195,17 +191,11 @@ class _ZlibDecompressor(io.RawIOBase):
             raise LayerError(None, f"gzip stream is corrupt: {exc}") from exc
         return out
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def finish(self) -> None:
-        while self.read(CHUNK):
-            pass
+        self.read_to_end()
 
 
-class DigestingReader(io.RawIOBase):
+class DigestingReader(_Reader):
     """The uncompressed tar stream of a blob, hashed and counted as it is read.
 
     After :meth:`finish`: ``diff_id`` (uncompressed), ``compressed_digest`` (as
@@ -227,24 +217,15 @@ class DigestingReader(io.RawIOBase):
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         data = self._inner.read(size) or b""
         self._sha256.update(data)
         self.size += len(data)
         return data
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def finish(self) -> None:
         """Read to the end (trailing padding counts for the diff_id); check the decompressor."""
-        while self.read(CHUNK):
-            pass
+        self.read_to_end()
         finish = getattr(self._inner, "finish", None)
         if finish is not None:
             finish()
@@ -267,7 +248,7 @@ class DigestingReader(io.RawIOBase):
         super().close()
 
 
-class _ZstdReader(io.RawIOBase):
+class _ZstdReader(_Reader):
     """zstd through the ``zstandard`` package (all frames)."""
 
     def __init__(self, source: _HashingFile) -> None:
@@ -277,23 +258,14 @@ class _ZstdReader(io.RawIOBase):
         )
         self._reader = reader
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         try:
             return self._reader.read(CHUNK if size is None or size < 0 else size)
         except zstandard.ZstdError as exc:
             raise LayerError(None, f"zstd stream is corrupt: {exc}") from exc
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def finish(self) -> None:
-        while self.read(CHUNK):
-            pass
+        self.read_to_end()
 
     def close(self) -> None:
         self._reader.close()
