@@ -143,12 +143,12 @@ def main() -> None:
         supports_check_mode=True,
     )
     try:
-        overlays = [
-            describe_live(o) for o in list_overlays(read_mountinfo(), module.params["path"])
-        ]
+        live = list_overlays(read_mountinfo(), module.params["path"])
     except (OSError, MountInfoError) as exc:
         module.fail_json(msg=f"cannot read the mount table /proc/self/mountinfo: {exc}")
-    module.exit_json(changed=False, overlays=[overlay.to_dict() for overlay in overlays])
+    # A FUSE overlay of this collection gets its layers from its daemon's state file.
+    described = (describe_live(overlay) or overlay for overlay in live)
+    module.exit_json(changed=False, overlays=[overlay.to_dict() for overlay in described])
 
 
 if __name__ == "__main__":
