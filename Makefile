@@ -48,6 +48,7 @@ lint: test-deps collection-link
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd $(BUILD)/collections && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p ansible_collections.lapis.layers.plugins -p ansible_collections.lapis.layers.tests
+	cd $(BUILD)/collections && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/bench/*.py
 
 unit: test-deps collection-link
 	$(PYTEST) tests/unit

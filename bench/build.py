@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import random
 import shutil
 import statistics
@@ -38,6 +37,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.image_import import (
     open_source,
 )
 from ansible_collections.lapis.layers.plugins.module_utils.oci_store import Store  # noqa: E402
+from ansible_collections.lapis.layers.tests.system.conftest import ansible_env  # noqa: E402
 
 BASE = "localhost/bench/busybox:1"
 SEED = 20261203
@@ -95,19 +95,6 @@ def base_layout(work: Path) -> Path:
     return dest
 
 
-def ansible_env() -> dict[str, str]:
-    env = dict(os.environ)
-    venv = Path(sys.executable).parent
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-        PATH=f"{venv}:{env.get('PATH', '')}",
-    )
-    return env
-
-
 def adhoc(module: str, args: dict[str, object]) -> float:
     cmd = ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", module]
     cmd += ["-a", json.dumps(args)] if args else []
@@ -122,7 +109,11 @@ def adhoc(module: str, args: dict[str, object]) -> float:
 def ours(context: Path, layout: Path, work: Path) -> tuple[float, float]:
     store = Path(tempfile.mkdtemp(prefix="ours-", dir=work))
     import_image(Store(str(store)), BASE, open_source("oci", str(layout), "test"))
-    args = {"name": "localhost/bench/out:1", "path": str(context), "store": str(store)}
+    args: dict[str, object] = {
+        "name": "localhost/bench/out:1",
+        "path": str(context),
+        "store": str(store),
+    }
     cold = adhoc("lapis.layers.image_build", args)
     cached = adhoc("lapis.layers.image_build", args)
     return cold, cached

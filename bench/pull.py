@@ -50,6 +50,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.registry_reference im
 from ansible_collections.lapis.layers.plugins.module_utils.registry_store import (  # noqa: E402
     pull_to_store,
 )
+from ansible_collections.lapis.layers.tests.system.conftest import ansible_env  # noqa: E402
 from ansible_collections.lapis.layers.tests.system.registry.conftest import (  # noqa: E402
     PASSWORD,
     USER,
@@ -202,19 +203,6 @@ def report(figures: Figures, blob_bytes: int, rounds: int) -> None:
         median = statistics.median(figures[key])
         print(f"  {label:38s} {median:7.3f} s   x{median / skopeo_median:5.2f} of skopeo")
     print(json.dumps({k: [round(v, 3) for v in vs] for k, vs in figures.items()}))
-
-
-def ansible_env() -> dict[str, str]:
-    """The environment ``make system`` gives ansible: this collection and the venv."""
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return env
 
 
 if __name__ == "__main__":

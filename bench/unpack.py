@@ -40,6 +40,7 @@ from ansible_collections.lapis.layers.plugins.module_utils.layer_tar import (  #
     flatten_blobs,
     flatten_layers,
 )
+from ansible_collections.lapis.layers.tests.system.conftest import ansible_env  # noqa: E402
 
 SEED = 20251203
 MTIME = 1_700_000_000
@@ -255,24 +256,11 @@ def _umoci(cache: Path, dest: Path) -> None:
     )
 
 
-def _ansible_env() -> dict[str, str]:
-    """The environment ``make system`` gives ansible: this collection and the venv."""
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return env
-
-
 def _adhoc(module: str, args: dict[str, str]) -> None:
     """``ansible localhost -m MODULE -a JSON`` against this collection; fails loudly."""
     cmd = ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", module]
     cmd += ["-a", json.dumps(args)] if args else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_ansible_env(), check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
 
