@@ -646,21 +646,28 @@ class Builder:
             return self.build_plan()
         except BaseNotPulled:
             # Check mode: without the base, nothing after FROM can be known; the tag would move.
-            return BuildResult(
-                True,
-                None,
-                self.previous_digest(),
-                self.request.name,
-                self.steps,
-                self.output,
-                self.warnings,
-                complete=False,
-            )
+            return self.result(None, self.previous_digest())
 
     def previous_digest(self) -> str | None:
         reference = self.request.name
         previous = self.store.lookup(reference) if reference and self.store.exists() else None
         return previous.digest if previous is not None else None
+
+    def result(
+        self, digest: str | None, previous: str | None, config: bytes | None = None
+    ) -> BuildResult:
+        """The module's result; ``digest`` None: check mode could not know it (changed)."""
+        return BuildResult(
+            digest is None or digest != previous,
+            digest,
+            previous,
+            self.request.name,
+            self.steps,
+            self.output,
+            self.warnings,
+            sha256_digest(config) if config is not None else None,
+            complete=digest is not None,
+        )
 
     def build_plan(self) -> BuildResult:
         plan = self.plan_ = self.plan()
@@ -669,50 +676,21 @@ class Builder:
             self.warnings.append(
                 "build args not consumed by the Dockerfile: " + ", ".join(plan.unused_build_args)
             )
-        reference = self.request.name
         previous_digest = self.previous_digest()
         try:
             for index in plan.needed:
                 self.results[index] = self.build_stage(plan.stages[index])
                 if self.missed:
-                    return BuildResult(
-                        True,
-                        None,
-                        previous_digest,
-                        reference,
-                        self.steps,
-                        self.output,
-                        self.warnings,
-                        complete=False,
-                    )
-            final = self.results[plan.target]
-            config_bytes, manifest = self.manifest(final)
+                    return self.result(None, previous_digest)
+            config_bytes, manifest = self.manifest(self.results[plan.target])
             digest = sha256_digest(manifest)
-            if self.request.check_mode:
-                return BuildResult(
-                    digest != previous_digest,
-                    digest,
-                    previous_digest,
-                    reference,
-                    self.steps,
-                    self.output,
-                    self.warnings,
-                    sha256_digest(config_bytes),
+            if not self.request.check_mode:
+                self.store.ingest_bytes(config_bytes)
+                imported = import_image(
+                    self.store, self.request.name, blobs_in_store_source(self.store, manifest)
                 )
-            self.store.ingest_bytes(config_bytes)
-            imported = import_image(
-                self.store, reference, blobs_in_store_source(self.store, manifest)
-            )
-            return BuildResult(
-                imported.previous_digest != digest,
-                digest,
-                previous_digest,
-                reference,
-                self.steps,
-                self.output,
-                self.warnings,
-                sha256_digest(config_bytes),
-            )
+                previous_digest = imported.previous_digest
+            return self.result(digest, previous_digest, config_bytes)
         finally:
             self.cleanup()
 
