@@ -243,8 +243,9 @@ class Builder:
             return self.store.resolve(ref)
         except ImageNotFound:
             if self.request.pull == "never" or self.request.registry is None:
+                why = "pull is never" if self.request.pull == "never" else "no registry options"
                 raise BuildError(
-                    f"image {ref} is not in the store {self.store.root} and pull is never; "
+                    f"image {ref} is not in the store {self.store.root} and {why}; "
                     "import or pull it first (lapis.layers.image)"
                 ) from None
         self.pull_base(ref)
