@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -379,6 +380,9 @@ def mount_rootfs(paths: ContainerPaths, lowerdirs: list[str]) -> None:
     for directory in (paths.upper, paths.work, paths.rootfs):
         directory.mkdir(mode=0o755, exist_ok=True)
     options = overlay_options(lowerdirs, paths.upper, paths.work)
+    if _mount_overlay(options, paths.rootfs):
+        return
+    # mount(8) says why the call failed, and newer util-linux also takes longer options.
     cmd = ["mount", "-t", "overlay", "overlay", "-o", options, str(paths.rootfs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -394,6 +398,8 @@ def unmount_rootfs(paths: ContainerPaths) -> None:
     """Unmount rootfs/ when it is mounted (lazily if something still holds it)."""
     if not paths.rootfs.exists() or not is_mounted(paths.rootfs):
         return
+    if _unmount(paths.rootfs):
+        return
     cmd = ["umount", str(paths.rootfs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 and is_mounted(paths.rootfs):
@@ -403,6 +409,39 @@ def unmount_rootfs(paths: ContainerPaths) -> None:
             raise ContainerError(
                 f"Cannot unmount {paths.rootfs}: {proc.stderr.strip()}", stderr=proc.stderr
             )
+
+
+# mount(2) copies at most one page of options; longer ones are left to mount(8).
+MOUNT_DATA_MAX = 4000
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """The C library with mount(2) and umount2(2) typed; None where it cannot be loaded."""
+    import ctypes  # noqa: PLC0415 - only mounting needs it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _mount_overlay(options: str, target: Path) -> bool:
+    """The overlay mount(2) that mount(8) makes, without starting it; False when it failed."""
+    data = os.fsencode(options)
+    libc = _libc()
+    if libc is None or len(data) > MOUNT_DATA_MAX:
+        return False
+    return bool(libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, data) == 0)
+
+
+def _unmount(target: Path) -> bool:
+    """umount2(2) as umount(8) makes it, without starting it; False when it failed."""
+    libc = _libc()
+    return libc is not None and bool(libc.umount2(os.fsencode(target), 0) == 0)
 
 
 # --- acting: files ------------------------------------------------------------------------
