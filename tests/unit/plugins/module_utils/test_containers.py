@@ -161,6 +161,28 @@ def test_is_mounted_sees_the_root() -> None:
     assert not ct.is_mounted(Path("/nonexistent/surely"))
 
 
+def test_overlay_options_past_one_page_are_left_to_mount8(monkeypatch) -> None:
+    """mount(2) would cut them at a page; mount(8) of newer util-linux takes them whole."""
+
+    class NoCall:
+        def mount(self, *args: object) -> int:
+            raise AssertionError("mount(2) called with options longer than a page")
+
+    monkeypatch.setattr(ct, "_libc", NoCall)
+    options = "lowerdir=" + ":".join(f"/layers/{i:04}/diff" for i in range(300))
+    assert not ct._mount_overlay(options, Path("/nonexistent/rootfs"))
+
+
+def test_unmount_of_a_path_that_is_no_mount_point_fails_for_the_fallback(tmp_path) -> None:
+    assert not ct._unmount(tmp_path)
+
+
+def test_without_a_c_library_mounting_falls_back_to_the_commands(monkeypatch) -> None:
+    monkeypatch.setattr(ct, "_libc", lambda: None)
+    assert not ct._mount_overlay("lowerdir=/l,upperdir=/u,workdir=/w", Path("/r"))
+    assert not ct._unmount(Path("/r"))
+
+
 def test_paths_layout(tmp_path) -> None:
     paths = ct.ContainerPaths(str(tmp_path), "web")
     assert paths.dir == tmp_path / "containers" / "web"
