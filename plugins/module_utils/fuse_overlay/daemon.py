@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from . import install
+from . import install, serial
 from . import options as opts
 from .unionfs import HAS_PYFUSE3, UnionOperations, pyfuse3
 
@@ -143,7 +143,10 @@ def serve(config: opts.OverlayConfig, run_dir: str, ready_fd: Optional[int]) -> 
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
-        trio.run(_serve, config.mountpoint)
+        if serial.supported(pyfuse3):
+            serial.serve(pyfuse3, config.mountpoint)
+        else:  # a pyfuse3 that does not take its event loop from pyfuse3.trio
+            trio.run(_serve, config.mountpoint)
         unmount = False if not _still_mounted(config.mountpoint) else unmount
     except BaseException:
         log.exception("daemon failed")

@@ -29,7 +29,7 @@ LIB_DIR = "/usr/local/lib/lapis-layers"
 PACKAGE = "lapis_fuse_overlay"
 LAUNCHER = "/usr/local/bin/" + opts.SUBTYPE
 HELPER = "/sbin/mount." + opts.FSTYPE
-SOURCES = ("__init__.py", "options.py", "unionfs.py", "install.py", "daemon.py")
+SOURCES = ("__init__.py", "options.py", "unionfs.py", "install.py", "serial.py", "daemon.py")
 
 
 @dataclass
