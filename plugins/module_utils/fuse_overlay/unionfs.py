@@ -28,7 +28,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
 
 from .options import OverlayConfig, is_private_xattr, is_whiteout, opaque_xattr
 
@@ -110,6 +110,17 @@ class Handle:
     flags: int
 
 
+Child = Tuple[bytes, str, int, os.stat_result]  # name, union path, layer, stat
+
+
+@dataclass
+class DirHandle:
+    """An open directory: "." and ".." (name, node id, stat), then the merged listing."""
+
+    dots: List[Tuple[bytes, int, os.stat_result]]
+    children: List[Child]
+
+
 def _fuse_errors(func: F) -> F:
     """Turn OSError into the FUSEError pyfuse3 sends back with the same errno."""
 
@@ -146,9 +157,7 @@ class UnionCore:
         self.opaque_name = opaque_xattr(config.userxattr)
         self._cache: Dict[str, Optional[Entry]] = {}
         self._tmp = itertools.count()
-        self._listings: Dict[
-            Tuple[Tuple[int, str], ...], List[Tuple[str, int, os.stat_result]]
-        ] = {}
+        self._listings: Dict[Tuple[Tuple[int, str], ...], Listing] = {}
         if self.work is not None:
             Path(self.work).mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -238,23 +247,42 @@ class UnionCore:
             return not is_whiteout(st)
         return False
 
-    def list_dir(self, entry: Entry) -> List[Tuple[str, int, os.stat_result]]:
+    def list_dir(self, entry: Entry, path: Optional[str] = None) -> Listing:
         """Merged listing: ``(name, layer, stat)`` of the topmost object of each visible name.
 
         Listings of directories that live in lowerdirs only are kept: lowerdirs never change.
+        With ``path`` (the directory's union path), a listing read afresh also resolves the
+        non-directories it shows, so that opening them later needs no lstat.
         """
         key = tuple(entry.dirs)
-        if entry.dirs and entry.dirs[0][0] != 0:
+        lower_only = bool(entry.dirs) and entry.dirs[0][0] != 0
+        if lower_only:
             cached = self._listings.get(key)
-            if cached is None:
-                cached = self._merge_listing(entry)
-                if len(self._listings) > LISTING_LIMIT:
-                    self._listings.clear()
-                self._listings[key] = cached
-            return cached
-        return self._merge_listing(entry)
+            if cached is not None:
+                return cached
+        listing = self._merge_listing(entry)
+        if lower_only:
+            if len(self._listings) > LISTING_LIMIT:
+                self._listings.clear()
+            self._listings[key] = listing
+        if path is not None:
+            self._resolve_listed(path, entry, listing)
+        return listing
 
-    def _merge_listing(self, entry: Entry) -> List[Tuple[str, int, os.stat_result]]:
+    def _resolve_listed(self, path: str, entry: Entry, listing: Listing) -> None:
+        """Cache what a lookup would find for each listed non-directory (a listing holds
+        the topmost object of each name, which is the lookup's answer for a non-directory)."""
+        if len(self._cache) > CACHE_LIMIT:
+            self._cache.clear()
+        cache = self._cache
+        where = dict(entry.dirs)
+        for name, layer, st in listing:
+            if not stat.S_ISDIR(st.st_mode):
+                child = _join(path, name)
+                if child not in cache:
+                    cache[child] = Entry(layer, where[layer] + "/" + name, st)
+
+    def _merge_listing(self, entry: Entry) -> Listing:
         seen: Set[str] = set()
         listing: List[Tuple[str, int, os.stat_result]] = []
         for layer, directory in entry.dirs:
@@ -396,10 +424,11 @@ def _clear_whiteouts(directory: str) -> None:
 def _copy_object(src: str, dst: str, st: os.stat_result, userxattr: bool) -> None:
     """Copy one object (not recursively) with mode, owner, times and xattrs."""
     mode = st.st_mode
+    if stat.S_ISREG(mode):
+        _copy_file(src, dst, st, userxattr)
+        return
     if stat.S_ISDIR(mode):
         Path(dst).mkdir(0o700)
-    elif stat.S_ISREG(mode):
-        _copy_file(src, dst, st)
     elif stat.S_ISLNK(mode):
         Path(dst).symlink_to(Path(src).readlink())
     else:
@@ -411,42 +440,51 @@ def _copy_object(src: str, dst: str, st: os.stat_result, userxattr: bool) -> Non
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def _copy_file(src: str, dst: str, st: os.stat_result) -> None:
-    """Copy data extent by extent so that holes stay holes."""
+def _copy_file(src: str, dst: str, st: os.stat_result, userxattr: bool) -> None:
+    """Copy data extent by extent so that holes stay holes, then xattrs, owner, mode and
+    times, all through the two open descriptors."""
     sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _copy_extents(sfd, dfd, st.st_size)
-            os.ftruncate(dfd, st.st_size)
+            if _copy_extents(sfd, dfd, st.st_size) < st.st_size:
+                os.ftruncate(dfd, st.st_size)  # the file ends in a hole
+            _copy_xattrs(sfd, dfd, userxattr)
+            os.fchown(dfd, st.st_uid, st.st_gid)
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(dfd)
     finally:
         os.close(sfd)
 
 
-def _copy_extents(sfd: int, dfd: int, size: int) -> None:
-    offset = 0
+def _copy_extents(sfd: int, dfd: int, size: int) -> int:
+    """Copy the data extents below ``size``; returns the offset after the last one copied."""
+    offset = end = 0
     while offset < size:
         try:
             data = os.lseek(sfd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
-                return
+                return end
             raise
         hole = os.lseek(sfd, data, os.SEEK_HOLE)
         pos = data
         while pos < hole:
             copied = os.copy_file_range(sfd, dfd, hole - pos, pos, pos)
             if copied == 0:
-                return
+                return pos
             pos += copied
-        offset = hole
+        end = offset = hole
+    return end
 
 
-def _copy_xattrs(src: str, dst: str, userxattr: bool) -> None:
+def _copy_xattrs(src: Union[str, int], dst: Union[str, int], userxattr: bool) -> None:
+    """Copy the xattrs users see, between two paths (symlinks themselves) or two descriptors."""
+    follow = isinstance(src, int)  # a descriptor takes no follow_symlinks=False
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return
@@ -454,8 +492,8 @@ def _copy_xattrs(src: str, dst: str, userxattr: bool) -> None:
     for name in names:
         if is_private_xattr(name, userxattr):
             continue
-        value = os.getxattr(src, name, follow_symlinks=False)
-        os.setxattr(dst, name, value, follow_symlinks=False)
+        value = os.getxattr(src, name, follow_symlinks=follow)
+        os.setxattr(dst, name, value, follow_symlinks=follow)
 
 
 class UnionOperations(_Base):
@@ -467,7 +505,8 @@ class UnionOperations(_Base):
         self.nodes: Dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "", lookups=1)}
         self.by_path: Dict[str, int] = {"": ROOT_INODE}
         self.handles: Dict[int, Handle] = {}
-        self.dir_handles: Dict[int, Tuple[str, List[Tuple[bytes, int, int, os.stat_result]]]] = {}
+        self.dir_handles: Dict[int, DirHandle] = {}
+        self._kept_children: Dict[str, Tuple[Listing, List[Child]]] = {}
         self._next_ino = itertools.count(ROOT_INODE + 1)
         self._next_fh = itertools.count(1)
         self._lower_attrs: Dict[int, Tuple[os.stat_result, Any]] = {}
@@ -665,27 +704,37 @@ class UnionOperations(_Base):
         if not entry.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory", path)
         parent_ino = self.by_path.get(_split(path)[0], ROOT_INODE) if path else ROOT_INODE
-        listing: List[Tuple[bytes, int, int, os.stat_result]] = [
-            (b".", inode, 0, entry.st),
-            (b"..", parent_ino, 0, entry.st),
-        ]
-        for name, layer, st in self.core.list_dir(entry):
-            listing.append((os.fsencode(name), 0, layer, st))
+        dots = [(b".", inode, entry.st), (b"..", parent_ino, entry.st)]
         fh = next(self._next_fh)
-        self.dir_handles[fh] = (path, listing)
+        self.dir_handles[fh] = DirHandle(dots, self._children(path, entry))
         return fh
+
+    def _children(self, path: str, entry: Entry) -> List[Child]:
+        """The listing as readdir sends it; kept with the listing of a lowerdir-only directory."""
+        listing = self.core.list_dir(entry, path)
+        kept = self._kept_children.get(path)
+        if kept is not None and kept[0] is listing:
+            return kept[1]
+        children = [(os.fsencode(n), _join(path, n), layer, st) for n, layer, st in listing]
+        if entry.dirs[0][0] != 0:
+            if len(self._kept_children) > LISTING_LIMIT:
+                self._kept_children.clear()
+            self._kept_children[path] = (listing, children)
+        return children
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        path, listing = self.dir_handles[fh]
-        for index in range(start_id, len(listing)):
-            name, ino, layer, st = listing[index]
-            if ino:  # "." and "..": the kernel takes no reference for them
-                if not pyfuse3.readdir_reply(token, name, self._attrs(ino, st, 0), index + 1):
-                    return
-                continue
-            node = self._node_for(_join(path, os.fsdecode(name)))
-            if not pyfuse3.readdir_reply(token, name, self._attrs(node.ino, st, layer), index + 1):
+        handle = self.dir_handles[fh]
+        reply = pyfuse3.readdir_reply
+        for index in range(start_id, 2):  # "." and "..": the kernel takes no reference for them
+            name, ino, st = handle.dots[index]
+            if not reply(token, name, self._attrs(ino, st, 0), index + 1):
+                return
+        children = handle.children
+        for index in range(max(start_id, 2), len(children) + 2):
+            name, child, layer, st = children[index - 2]
+            node = self._node_for(child)
+            if not reply(token, name, self._attrs(node.ino, st, layer), index + 1):
                 self._maybe_drop(node)
                 return
             node.lookups += 1

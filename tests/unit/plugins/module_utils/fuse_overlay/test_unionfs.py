@@ -66,6 +66,25 @@ def test_whiteout_and_opaque_directory_stop_the_search(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_a_listing_resolves_its_files_as_lookups_would(tmp_path: Path) -> None:
+    listed = make_core(tmp_path)
+    for layer in ("u", "l0", "l1"):
+        (tmp_path / layer / "d").mkdir()
+        (tmp_path / layer / "d" / f"only-{layer}").write_text(layer)
+        (tmp_path / layer / "d" / "shared").write_text(layer)
+    (tmp_path / "l1/d/sub").mkdir()
+    os.mknod(tmp_path / "l0/d/gone", stat.S_IFCHR, 0)
+    (tmp_path / "l1/d/gone").write_text("hidden by the whiteout above")
+    (tmp_path / "l0/d/link").symlink_to("shared")
+    listed.list_dir(listed.require("d"), "d")
+    names = ["only-u", "only-l0", "only-l1", "shared", "sub", "gone", "link", "nothing"]
+    looked_up = unionfs.UnionCore(listed.config)
+    for name in names:
+        assert listed.resolve(f"d/{name}") == looked_up.resolve(f"d/{name}"), name
+    assert listed.require("d/shared").real == str(tmp_path / "u/d/shared")
+
+
+@needs_root
 def test_copy_up_preserves_mode_owner_times_xattrs_and_holes(tmp_path: Path) -> None:
     core = make_core(tmp_path)
     (tmp_path / "l1/d").mkdir(mode=0o750)
