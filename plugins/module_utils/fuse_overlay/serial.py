@@ -11,14 +11,17 @@ shows that round to be most of its time per request, more than the union logic.
 
 Our request handlers never wait for anything, so one task serving requests in turn is
 enough. ``SerialRuntime`` provides the few trio names pyfuse3 uses: waiting for the
-FUSE device is a blocking poll(2), a lock is never contended, and a nursery runs each
-task to its end. ``serve()`` installs it for the time of ``pyfuse3.main()`` and turns
-SIGTERM/SIGINT into a lazy unmount, as the trio version of the daemon does.
+FUSE device is the blocking read of the next request, a lock is never contended, and a
+nursery runs each task to its end. ``serve()`` installs it for the time of
+``pyfuse3.main()`` and turns SIGTERM/SIGINT into a lazy unmount, as the trio version of
+the daemon does.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import select
 import signal
 import subprocess
@@ -59,6 +62,7 @@ class _Lowlevel:
     def __init__(self) -> None:
         self._poll: Optional[Any] = None
         self._fd = -1
+        self._blocking = False
 
     def current_trio_token(self) -> str:
         return "serial"
@@ -67,14 +71,32 @@ class _Lowlevel:
         return _Task()
 
     async def wait_readable(self, fd: int) -> None:
-        poll = self._poll
-        if poll is None or fd != self._fd:
-            poll = self._poll = select.poll()
-            poll.register(fd, select.POLLIN)
-            self._fd = fd
-        for _fd, events in poll.poll():
+        """Return when ``fd`` can be read without waiting elsewhere than in that read.
+
+        On a blocking descriptor (the FUSE device, as libfuse opens it) the read itself
+        waits for the next request, so this returns at once: a poll(2) before every
+        request would be one system call more for nothing. A signal interrupts that read
+        (EINTR) and pyfuse3 comes back here, where Python runs the signal handler.
+        """
+        if fd != self._fd:
+            self._watch(fd)
+        if self._blocking:
+            return
+        if self._poll is None:
+            raise ClosedResourceError(f"file descriptor {fd} is closed")
+        for _fd, events in self._poll.poll():
             if events & select.POLLNVAL:
                 raise ClosedResourceError(f"file descriptor {fd} is closed")
+
+    def _watch(self, fd: int) -> None:
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as exc:
+            raise ClosedResourceError(f"file descriptor {fd}: {exc.strerror}") from None
+        self._fd = fd
+        self._blocking = not flags & os.O_NONBLOCK
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
 
     def notify_closing(self, fd: int) -> None:
         """pyfuse3.terminate(): the next wait sees the session's exit flag first."""

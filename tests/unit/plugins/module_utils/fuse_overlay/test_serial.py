@@ -45,9 +45,20 @@ def test_nursery_runs_every_started_task_including_ones_started_by_tasks() -> No
     assert done == ["first", "second", "after"]
 
 
-def test_wait_readable_returns_once_the_descriptor_has_data() -> None:
+def test_wait_readable_leaves_the_wait_to_the_read_on_a_blocking_descriptor() -> None:
     runtime = serial.SerialRuntime()
     read_fd, write_fd = os.pipe()
+    try:
+        serial.run_to_end(runtime.lowlevel.wait_readable(read_fd))  # nothing written yet
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_wait_readable_polls_a_non_blocking_descriptor_until_it_has_data() -> None:
+    runtime = serial.SerialRuntime()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
     try:
         os.write(write_fd, b"request")
         serial.run_to_end(runtime.lowlevel.wait_readable(read_fd))
@@ -61,10 +72,13 @@ def test_wait_readable_on_a_closed_descriptor_raises_closed_resource_error() -> 
     runtime = serial.SerialRuntime()
     read_fd, write_fd = os.pipe()
     os.close(write_fd)
-    serial.run_to_end(runtime.lowlevel.wait_readable(read_fd))  # registers the descriptor
+    os.set_blocking(read_fd, False)
+    serial.run_to_end(runtime.lowlevel.wait_readable(read_fd))  # end of file: readable
     os.close(read_fd)
     with pytest.raises(runtime.ClosedResourceError):
         serial.run_to_end(runtime.lowlevel.wait_readable(read_fd))
+    with pytest.raises(runtime.ClosedResourceError):
+        serial.run_to_end(serial.SerialRuntime().lowlevel.wait_readable(read_fd))
 
 
 def test_the_lock_is_an_async_context_manager() -> None:
