@@ -4,6 +4,7 @@ These run on real directories in tmp_path; whiteouts are character devices, so t
 tests that make them need root (they skip otherwise).
 """
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -139,3 +140,40 @@ def test_read_only_union_refuses_changes(tmp_path: Path) -> None:
     core = unionfs.UnionCore(OverlayConfig("/mnt", [str(tmp_path / "l0")]))
     with pytest.raises(OSError, match="read-only"):
         core.copy_up("f")
+
+
+def _read_through_open_real(path: Path, lower: bool) -> bytes:
+    fd = unionfs._open_real(str(path), os.O_RDONLY, lower)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+
+
+def test_reading_a_lower_file_leaves_its_atime_as_the_kernel_overlay_does(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "lower-file"
+    path.write_text("data")
+    os.utime(path, ns=(10**18, 10**18))  # atime == mtime: relatime would update it
+    assert _read_through_open_real(path, lower=True) == b"data"
+    assert path.stat().st_atime_ns == 10**18
+
+
+def test_a_lower_file_the_daemon_may_not_open_noatime_is_opened_plainly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "someone-elses"
+    path.write_text("data")
+    real_open = os.open
+    tried: list[int] = []
+
+    def open_without_fowner(file: str, flags: int, *args: int) -> int:
+        tried.append(flags & os.O_NOATIME)
+        if flags & os.O_NOATIME:
+            raise PermissionError(errno.EPERM, "Operation not permitted", file)
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(unionfs.os, "open", open_without_fowner)
+    assert _read_through_open_real(path, lower=True) == b"data"
+    assert tried == [os.O_NOATIME, 0]
