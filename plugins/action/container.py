@@ -1,43 +1,17 @@
 # Copyright: lapis.layers contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Action plugin for lapis.layers.container: Ansible's own module run, with less garbage collection.
+"""Action plugin for lapis.layers.container: the normal module run, collecting less garbage.
 
-To build the module's payload, Ansible parses every module_utils file the module reaches
-into Python syntax trees, and this module reaches thirteen of ours (the image store, the
-layer unpacker, the runtime config and its schema). The worker process that does this holds
-the whole of Ansible, so each full pass of Python's cyclic garbage collector that those
-short-lived trees trigger walks all of that heap, and the young generation is collected
-every 700 new objects while a tree of thousands is being built: measured, those passes cost
-more than the parsing itself (docs/containers.md, "Speed"). For the task's duration the
-objects that exist before it are moved out of the collector's view (``gc.freeze()``) and
-the young generation is collected less often; both are put back afterwards. The task runs
-exactly as with Ansible's default (``normal``) action.
+The module reaches a large part of this collection's module_utils; see
+`plugins/plugin_utils/lean_gc.py` for why collecting less while Ansible builds its payload
+pays off, and docs/containers.md ("Speed") for the measurements.
 """
 
 from __future__ import annotations
 
-import gc
-from typing import Any
-
-from ansible.plugins.action.normal import ActionModule as NormalActionModule
-
-# New objects between two collections of the young generation during the task (Python's
-# default is 700); the garbage of the syntax trees waits at most this long.
-YOUNG_THRESHOLD = 20_000
+from ansible_collections.lapis.layers.plugins.plugin_utils.lean_gc import LeanGcAction
 
 
-class ActionModule(NormalActionModule):
-    """The ``normal`` action, with the worker's objects frozen and fewer young collections."""
-
-    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        if gc.get_freeze_count():  # someone else manages the permanent generation
-            return super().run(tmp, task_vars)
-        thresholds = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(max(thresholds[0], YOUNG_THRESHOLD), *thresholds[1:])
-        try:
-            return super().run(tmp, task_vars)
-        finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
+class ActionModule(LeanGcAction):
+    """The ``normal`` action for lapis.layers.container, collecting less while it runs."""

@@ -1,5 +1,5 @@
-"""Unit tests for the container action plugin: Ansible's normal action, with the collector's
-settings changed for the task only."""
+"""Unit tests for the lean-GC action (the container and image_build action plugins):
+Ansible's normal action, with the collector's settings changed for the task only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import gc
 
 import pytest
 
-from ansible_collections.lapis.layers.plugins.action import container as action
+from ansible_collections.lapis.layers.plugins.action import container, image_build
+from ansible_collections.lapis.layers.plugins.plugin_utils import lean_gc as action
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def plugin(monkeypatch):
         return {"changed": True}
 
     monkeypatch.setattr(action.NormalActionModule, "run", normal_run)
-    plugin = object.__new__(action.ActionModule)  # run() needs no task or connection here
+    plugin = object.__new__(action.LeanGcAction)  # run() needs no task or connection here
     plugin.seen = seen
     return plugin
 
@@ -55,3 +56,8 @@ def test_a_permanent_generation_someone_else_made_is_left_alone(plugin) -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_container_and_image_build_use_the_lean_action() -> None:
+    assert issubclass(container.ActionModule, action.LeanGcAction)
+    assert issubclass(image_build.ActionModule, action.LeanGcAction)
