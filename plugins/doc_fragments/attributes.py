@@ -25,3 +25,11 @@ attributes:
     description: Target OS/families that can be operated against.
     support: N/A
 """
+
+    ACTION = r"""
+options: {}
+attributes:
+  action:
+    description:
+      - Has a corresponding action plugin, so part of the work runs on the controller.
+"""

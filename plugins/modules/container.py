@@ -198,7 +198,13 @@ options:
     default: true
 extends_documentation_fragment:
   - lapis.layers.attributes
+  - lapis.layers.attributes.action
 attributes:
+  action:
+    support: full
+    details:
+      The action plugin only runs Ansible's normal module execution with less garbage
+      collection on the controller while the payload is built; the module runs on the host.
   check_mode:
     support: full
     details:

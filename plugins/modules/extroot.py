@@ -114,7 +114,13 @@ options:
     default: 300
 extends_documentation_fragment:
   - lapis.layers.attributes
+  - lapis.layers.attributes.action
 attributes:
+  action:
+    support: full
+    details:
+      All the work is done by the action plugin through the router's shell; the module
+      file only holds the documentation.
   check_mode:
     support: full
     details:

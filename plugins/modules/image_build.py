@@ -96,9 +96,15 @@ options:
     default: missing
 extends_documentation_fragment:
   - lapis.layers.attributes
+  - lapis.layers.attributes.action
   - lapis.layers.store
   - lapis.layers.registry
 attributes:
+  action:
+    support: full
+    details:
+      The action plugin only runs Ansible's normal module execution with less garbage
+      collection on the controller while the payload is built; the module runs on the host.
   check_mode:
     support: partial
     details:

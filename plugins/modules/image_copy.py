@@ -93,8 +93,14 @@ options:
     type: str
 extends_documentation_fragment:
   - lapis.layers.attributes
+  - lapis.layers.attributes.action
   - lapis.layers.store
 attributes:
+  action:
+    support: full
+    details:
+      The action plugin reads the image on the controller and sends each host only the
+      blobs it lacks; the module part runs on the host.
   check_mode:
     support: full
     details: The host is asked what it has and RV(bytes_to_send) says what a real run
