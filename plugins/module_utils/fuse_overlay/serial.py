@@ -153,8 +153,10 @@ class SerialRuntime:
 
 
 def supported(pyfuse3: Any) -> bool:
-    """Whether this pyfuse3 takes its event loop from ``pyfuse3.trio`` (3.x does)."""
-    return hasattr(pyfuse3, "trio") and hasattr(pyfuse3, "main")
+    """Whether this pyfuse3 takes its event loop from ``pyfuse3.trio`` with the calls this
+    module provides: the 3.x series does; another major version runs on trio instead."""
+    version = str(getattr(pyfuse3, "__version__", ""))
+    return version.startswith("3.") and hasattr(pyfuse3, "trio") and hasattr(pyfuse3, "main")
 
 
 class _LazyUnmount:

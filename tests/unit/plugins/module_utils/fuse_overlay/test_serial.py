@@ -94,6 +94,8 @@ def test_the_lock_is_an_async_context_manager() -> None:
 class FakePyfuse3:
     """Stands for the pyfuse3 module: main() uses whatever ``trio`` holds at the time."""
 
+    __version__ = "3.5.0"
+
     def __init__(self) -> None:
         self.trio: Any = "the trio module"
         self.seen: list[Any] = []
@@ -112,6 +114,14 @@ def test_serve_installs_the_runtime_for_main_only_and_restores_signal_handlers()
     assert {signum: signal.getsignal(signum) for signum in serial.STOP_SIGNALS} == before
 
 
-def test_supported_needs_the_trio_attribute() -> None:
+def test_supported_needs_pyfuse3_3_with_the_trio_attribute() -> None:
     assert serial.supported(FakePyfuse3())
-    assert not serial.supported(types.SimpleNamespace(main=None))
+    assert not serial.supported(types.SimpleNamespace(__version__="3.5.0", main=None))
+    later = FakePyfuse3()
+    later.__version__ = "4.0.0"
+    assert not serial.supported(later)
+
+
+def test_the_installed_pyfuse3_is_supported() -> None:
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    assert serial.supported(pyfuse3)
