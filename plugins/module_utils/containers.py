@@ -772,6 +772,29 @@ def open_runtime(store: str, choice: str) -> rt.OCIRuntime:
     return rt.OCIRuntime(binary, str(root))
 
 
+IMAGE_NOT_IN_STORE = "(not in the store)"
+
+
+def lookup_image(images: ImageSource, image: str, check_mode: bool) -> tuple[str, str, list[str]]:
+    """Reference and digest of ``image``, and warnings.
+
+    In check mode an image the store lacks is planned with an unknown digest (so the
+    container counts as changed) instead of failing: in a check run of a whole play an
+    earlier task (``lapis.layers.image``, ``image_copy``) would have brought it.
+    """
+    try:
+        reference, digest = images.lookup(image)
+    except ContainerError:
+        if not check_mode:
+            raise
+        note = (
+            f"image {image} is not in the store; check mode plans the container as if an "
+            "earlier task brought it (a real run fails unless one does)"
+        )
+        return image, IMAGE_NOT_IN_STORE, [note]
+    return reference, digest, []
+
+
 def ensure(
     request: ContainerRequest, store: str, images: ImageSource, check_mode: bool = False
 ) -> dict[str, Any]:
@@ -791,7 +814,7 @@ def ensure(
                         f"Container {request.name} does not exist; give image to create it."
                     )
                 request.image = str(current.meta.get("image"))
-            reference, digest = images.lookup(request.image)
+            reference, digest, warnings = lookup_image(images, request.image, check_mode)
             after = desired_record(request, reference, digest)
         the_plan = plan(request, current, after)
         result: dict[str, Any] = {
@@ -800,6 +823,8 @@ def ensure(
             "changed_fields": the_plan.changed_fields,
             "diff": {"before": the_plan.before, "after": the_plan.after},
         }
+        if after is not None and warnings:
+            result["warnings"] = warnings
         if check_mode or not the_plan.actions:
             result["container"] = describe(paths, current)
             return result

@@ -138,7 +138,15 @@ def test_module_detached_container_outlives_the_task(run_module, store, busybox)
 
 
 def test_module_unknown_image_fails_cleanly(run_module, store, busybox) -> None:
-    result = run_module(MODULE, name="bad", store=str(store), image="localhost/nothing:here")
+    args = {"name": "bad", "store": str(store), "image": "localhost/nothing:here"}
+    check = run_module(MODULE, check=True, **args)
+    after_check = leftovers(store)
+    result = run_module(MODULE, **args)
+
+    # Check mode plans it, with a warning: an earlier task of the play could bring the image.
+    assert not failed(check), check
+    assert (check["changed"], check["actions"]) == (True, ["prepare", "start"]), check
+    assert after_check == []
     assert failed(result), result
     assert "Unknown image localhost/nothing:here" in result["msg"]
     assert leftovers(store) == []
