@@ -210,7 +210,7 @@ attributes:
     details:
       - Reports the actions and the diff without acting. It does not mount the image, so an
         invalid user or a missing entrypoint is only found when the task runs for real.
-      - An O(image) that is not in the store yet does not fail check mode: the container is
+      - An O(image) that is not in the store yet does not fail check mode; the container is
         planned as changed, with a warning, since an earlier task of the same check run
         (M(lapis.layers.image), M(lapis.layers.image_copy)) would have brought it.
   diff_mode:
