@@ -123,8 +123,7 @@ async def _serve(mountpoint: str) -> None:
                 async for signum in signals:
                     # A lazy unmount ends the FUSE session; pyfuse3.main() then returns.
                     log.info("signal %d: unmounting %s", signum, mountpoint)
-                    cmd = ["fusermount3", "-u", "-z", mountpoint]
-                    await trio.run_process(cmd, check=False)
+                    await trio.run_process(serial.lazy_unmount_argv(mountpoint), check=False)
                     return
 
         nursery.start_soon(on_signal)

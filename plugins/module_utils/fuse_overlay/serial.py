@@ -26,8 +26,8 @@ import select
 import signal
 import subprocess
 from collections.abc import Callable, Coroutine
-from types import FrameType, TracebackType
-from typing import Any, List, Optional, Type
+from types import FrameType
+from typing import Any, List, Optional
 
 log = logging.getLogger("lapis.fuse_overlay")
 
@@ -108,12 +108,7 @@ class _Lock:
     async def __aenter__(self) -> _Lock:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
 
@@ -129,12 +124,7 @@ class _Nursery:
     def start_soon(self, func: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
         self.pending.append(func(*args))
 
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         while self.pending:
             run_to_end(self.pending.pop(0))
 
@@ -159,6 +149,11 @@ def supported(pyfuse3: Any) -> bool:
     return version.startswith("3.") and hasattr(pyfuse3, "trio") and hasattr(pyfuse3, "main")
 
 
+def lazy_unmount_argv(mountpoint: str) -> List[str]:
+    """The command that unmounts the union lazily, which ends the FUSE session."""
+    return ["fusermount3", "-u", "-z", mountpoint]
+
+
 class _LazyUnmount:
     """The first SIGTERM/SIGINT unmounts lazily, which ends the session; later ones kill."""
 
@@ -175,8 +170,7 @@ class _LazyUnmount:
     def handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.restore()
         log.info("signal %d: unmounting %s", signum, self.mountpoint)
-        cmd = ["fusermount3", "-u", "-z", self.mountpoint]
-        self.proc = subprocess.Popen(cmd)
+        self.proc = subprocess.Popen(lazy_unmount_argv(self.mountpoint))
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():
