@@ -807,6 +807,7 @@ def ensure(
     with container_lock(paths) if not check_mode else contextlib.nullcontext():
         current = inspect(paths, runtime)
         after = None
+        warnings: list[str] = []
         if request.state != "absent":
             if not request.image:
                 if not current.exists:
@@ -823,7 +824,7 @@ def ensure(
             "changed_fields": the_plan.changed_fields,
             "diff": {"before": the_plan.before, "after": the_plan.after},
         }
-        if after is not None and warnings:
+        if warnings:
             result["warnings"] = warnings
         if check_mode or not the_plan.actions:
             result["container"] = describe(paths, current)
